@@ -1,0 +1,1 @@
+"""Pluggable Falcon middleware for Dockyard (authentication, access logging, rate limiting)."""

@@ -1,0 +1,118 @@
+"""Dockyard's settings, each declared once with its type, default and help.
+
+Precedence, lowest first: the defaults below, the TOML config file, `DOCKYARD_<NAME>` environment variables, then
+command-line flags. An unknown or ill-typed setting stops start-up with a `ConfigError` that names it. The README's
+configuration reference is checked against this table by tests/test_docs.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "DOCKYARD_"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the setting."""
+
+
+def _setting(default: Any, help: str, *, minimum: int | None = None, choices: tuple = ()) -> Any:
+    return field(default=default, metadata={"help": help, "minimum": minimum, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Config:
+    bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
+    data: str = _setting("./data", "Data directory: the SQLite database (registry.db) and the blobs.")
+    workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
+    threads: int = _setting(8, "Threads per worker (gthread); blob transfers hold one each.", minimum=1)
+    timeout: int = _setting(120, "Seconds a silent worker may stay unresponsive before gunicorn restarts it.",
+                            minimum=1)
+    max_manifest_size: int = _setting(4 * 1024 * 1024, "Largest manifest accepted, in bytes (the spec asks for "
+                                      "at least 4 MiB).", minimum=1024)
+    page_size_max: int = _setting(10000, "Largest page of tags/list and _catalog; larger `n` is cut to it and "
+                                  "a Link header points to the rest.", minimum=1)
+    io_block_size: int = _setting(1024 * 1024, "Bytes read per system call while streaming blobs in and out.",
+                                  minimum=4096)
+    sendfile: bool = _setting(False, "Let gunicorn send blobs with sendfile(2). Off by default: on loopback a "
+                              "read loop measured faster here; behind nginx use X-Accel-Redirect instead.")
+    log_level: str = _setting("info", "gunicorn log level.",
+                              choices=("debug", "info", "warning", "error", "critical"))
+    config: str = _setting("", "Path of the TOML config file that was loaded (set by --config or "
+                           "DOCKYARD_CONFIG).")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or 2 * (os.cpu_count() or 1)
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = SETTINGS[name]
+    kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
+    if kind is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            out = value.lower() in ("1", "true", "yes", "on")
+        else:
+            raise ConfigError(f"setting {name!r}: expected true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"setting {name!r}: expected an integer, got {value!r}")
+        try:
+            out = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {name!r}: expected an integer, got {value!r}") from None
+        if f.metadata["minimum"] is not None and out < f.metadata["minimum"]:
+            raise ConfigError(f"setting {name!r}: must be at least {f.metadata['minimum']}, got {out}")
+    else:
+        if not isinstance(value, str):
+            raise ConfigError(f"setting {name!r}: expected a string, got {value!r}")
+        out = value
+    if f.metadata["choices"] and out not in f.metadata["choices"]:
+        raise ConfigError(f"setting {name!r}: must be one of {', '.join(f.metadata['choices'])}, got {out!r}")
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the Config from defaults, the TOML file, DOCKYARD_* variables and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = path or environ.get(ENV_PREFIX + "CONFIG") or None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                document = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        for key, value in document.items():
+            name = key.replace("-", "_")
+            if name not in SETTINGS or name == "config":
+                raise ConfigError(f"unknown setting {key!r} in {str(path)!r}")
+            values[name] = _coerce(name, value)
+        values["config"] = str(path)
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX):].lower()
+            if name not in SETTINGS:
+                raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
+            values[name] = _coerce(name, value)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    return Config(**values)

@@ -1,0 +1,330 @@
+"""Registry metadata in SQLite: repositories, blob links, manifests, tags, upload sessions.
+
+One connection per process, opened lazily after gunicorn forks, shared by the worker's threads under a lock (a
+query here takes microseconds; the lock is never held across network I/O). WAL mode lets readers in other workers
+run beside a writer. Every multi-row write is one `BEGIN IMMEDIATE` transaction, so a writer takes the database
+lock up front instead of failing to upgrade a read lock under contention. Queries return plain dataclasses; this
+module never imports falcon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from sqlite_utils import Database
+
+from ..errors import ManifestBlobUnknown
+from .schema import migrations
+
+
+@dataclass(slots=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    size: int
+    data: bytes | None = None
+
+
+@dataclass(slots=True)
+class Upload:
+    id: str
+    repository: str
+    length: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(slots=True)
+class NewManifest:
+    """What a manifest PUT stores; built by the manifest parser."""
+    digest: str
+    media_type: str
+    data: bytes
+    blobs: list[str]
+    manifests: list[str]
+    subject: str | None = None
+    artifact_type: str | None = None
+    annotations: dict | None = None
+
+
+class Metadata:
+    def __init__(self, path: str | os.PathLike, *, clock: Callable[[], float] = time.time,
+                 synchronous: str = "NORMAL"):
+        self.path = Path(path)
+        self._clock = clock
+        self._synchronous = synchronous
+        self._lock = threading.RLock()
+        self._db: Database | None = None
+        self._pid = 0
+        self.migrate()
+        # gunicorn forks after this (preload_app): never carry an open SQLite connection across fork.
+        self.close()
+
+    # -- connection ----------------------------------------------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        """This process's connection; a forked worker opens its own on first use."""
+        if self._db is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30,
+                                   cached_statements=512)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._db = Database(conn)
+            self._pid = os.getpid()
+        return self._db
+
+    def migrate(self) -> None:
+        with self._lock:
+            migrations.apply(self.db)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None and self._pid == os.getpid():
+                self._db.close()
+            self._db = None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self.db.conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- repositories --------------------------------------------------------------------------------------------
+
+    def _repository_id(self, conn: sqlite3.Connection, name: str) -> int | None:
+        row = conn.execute("SELECT id FROM repositories WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def _ensure_repository(self, conn: sqlite3.Connection, name: str) -> int:
+        conn.execute("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)", (name, self._clock()))
+        return self._repository_id(conn, name)
+
+    def repository_exists(self, name: str) -> bool:
+        with self._read() as conn:
+            return self._repository_id(conn, name) is not None
+
+    def catalog(self, n: int, last: str | None) -> tuple[list[str], bool]:
+        """Repository names after `last` that hold at least one manifest; (page, whether more follow)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name FROM repositories r WHERE name > ? AND EXISTS "
+                "(SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY name LIMIT ?",
+                (last or "", n + 1)).fetchall()
+        names = [r[0] for r in rows]
+        return names[:n], len(names) > n
+
+    # -- blobs ---------------------------------------------------------------------------------------------------
+
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        """The size of a blob readable in `repository`, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT b.size FROM repositories r JOIN repository_blobs rb ON rb.repository_id = r.id "
+                "JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?",
+                (repository, digest)).fetchone()
+        return row[0] if row else None
+
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record a committed blob and make it readable in `repository`."""
+        now = self._clock()
+        with self._write() as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            conn.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
+                         (digest, size, now))
+            conn.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) "
+                         "VALUES (?, ?, ?)", (repository_id, digest, now))
+
+    def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
+        """Link a blob readable in `source` into `repository`; its size, or None when `source` cannot read it."""
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT b.size FROM repositories r JOIN repository_blobs rb ON rb.repository_id = r.id "
+                "JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?",
+                (source, digest)).fetchone()
+            if row is None:
+                return None
+            repository_id = self._ensure_repository(conn, repository)
+            conn.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) "
+                         "VALUES (?, ?, ?)", (repository_id, digest, now))
+            return row[0]
+
+    def unlink_blob(self, repository: str, digest: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM repository_blobs WHERE digest = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)", (digest, repository))
+            return cur.rowcount > 0
+
+    # -- upload sessions -----------------------------------------------------------------------------------------
+
+    def create_upload(self, repository: str, upload_id: str) -> None:
+        now = self._clock()
+        with self._write() as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            conn.execute("INSERT INTO uploads (id, repository_id, length, created_at, updated_at) "
+                         "VALUES (?, ?, 0, ?, ?)", (upload_id, repository_id, now, now))
+
+    def get_upload(self, repository: str, upload_id: str) -> Upload | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT u.id, r.name, u.length, u.created_at, u.updated_at FROM uploads u "
+                "JOIN repositories r ON r.id = u.repository_id WHERE u.id = ? AND r.name = ?",
+                (upload_id, repository)).fetchone()
+        return Upload(*row) if row else None
+
+    def set_upload_length(self, upload_id: str, length: int) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE uploads SET length = ?, updated_at = ? WHERE id = ?",
+                         (length, self._clock(), upload_id))
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    def finish_upload(self, repository: str, upload_id: str, digest: str, size: int) -> None:
+        """Close a session and link its committed blob, in one transaction."""
+        now = self._clock()
+        with self._write() as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            conn.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
+                         (digest, size, now))
+            conn.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) "
+                         "VALUES (?, ?, ?)", (repository_id, digest, now))
+
+    # -- manifests -----------------------------------------------------------------------------------------------
+
+    def put_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
+        """Store a manifest (and point `tag` at it) once every blob and child manifest it names is present.
+
+        The check and the insert share one write transaction, so a manifest can never be stored pointing at a blob
+        that a concurrent delete removed.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            missing = []
+            for digest in dict.fromkeys(manifest.blobs):
+                if not conn.execute("SELECT 1 FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+                                    (repository_id, digest)).fetchone():
+                    missing.append(digest)
+            for digest in dict.fromkeys(manifest.manifests):
+                if not conn.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
+                                    (repository_id, digest)).fetchone():
+                    missing.append(digest)
+            if missing:
+                raise ManifestBlobUnknown({"missing": missing})
+            conn.execute("INSERT OR IGNORE INTO manifest_content (digest, data) VALUES (?, ?)",
+                         (manifest.digest, manifest.data))
+            conn.execute(
+                "INSERT OR IGNORE INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+                "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
+                 manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
+            conn.executemany(
+                "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) VALUES (?, ?, ?, ?)",
+                [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
+                + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
+            if tag is not None:
+                conn.execute(
+                    "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, "
+                    "updated_at = excluded.updated_at", (repository_id, tag, manifest.digest, now))
+
+    def get_manifest(self, repository: str, *, digest: str | None = None, tag: str | None = None,
+                     with_data: bool = True) -> ManifestRecord | None:
+        data_column = "c.data" if with_data else "NULL"
+        with self._read() as conn:
+            if tag is not None:
+                row = conn.execute(
+                    f"SELECT m.digest, m.media_type, m.size, {data_column} FROM repositories r "
+                    "JOIN tags t ON t.repository_id = r.id "
+                    "JOIN manifests m ON m.repository_id = r.id AND m.digest = t.digest "
+                    "JOIN manifest_content c ON c.digest = m.digest WHERE r.name = ? AND t.name = ?",
+                    (repository, tag)).fetchone()
+            else:
+                row = conn.execute(
+                    f"SELECT m.digest, m.media_type, m.size, {data_column} FROM repositories r "
+                    "JOIN manifests m ON m.repository_id = r.id "
+                    "JOIN manifest_content c ON c.digest = m.digest WHERE r.name = ? AND m.digest = ?",
+                    (repository, digest)).fetchone()
+        return ManifestRecord(*row) if row else None
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Remove a manifest and every tag pointing at it from `repository`."""
+        with self._write() as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return False
+            cur = conn.execute("DELETE FROM manifests WHERE repository_id = ? AND digest = ?",
+                               (repository_id, digest))
+            if not cur.rowcount:
+                return False
+            conn.execute("DELETE FROM tags WHERE repository_id = ? AND digest = ?", (repository_id, digest))
+            conn.execute("DELETE FROM manifest_references WHERE repository_id = ? AND digest = ?",
+                         (repository_id, digest))
+            return True
+
+    def delete_tag(self, repository: str, tag: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM tags WHERE name = ? AND repository_id = "
+                               "(SELECT id FROM repositories WHERE name = ?)", (tag, repository))
+            return cur.rowcount > 0
+
+    def tags(self, repository: str, n: int | None, last: str | None) -> tuple[list[str], bool] | None:
+        """Tags in lexical order after `last`: (page, whether more follow); None for an unknown repository."""
+        with self._read() as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return None
+            if n is None:
+                rows = conn.execute("SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name",
+                                    (repository_id, last or "")).fetchall()
+                return [r[0] for r in rows], False
+            rows = conn.execute(
+                "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
+                (repository_id, last or "", n + 1)).fetchall()
+        names = [r[0] for r in rows]
+        return names[:n], len(names) > n
+
+    def referrers(self, repository: str, subject: str, artifact_type: str | None) -> list[dict]:
+        """Descriptors of the manifests in `repository` whose subject is `subject` (OCI 1.1 referrers API)."""
+        query = ("SELECT m.media_type, m.digest, m.size, m.artifact_type, m.annotations FROM repositories r "
+                 "JOIN manifests m ON m.repository_id = r.id WHERE r.name = ? AND m.subject = ?")
+        params: list = [repository, subject]
+        if artifact_type is not None:
+            query += " AND m.artifact_type = ?"
+            params.append(artifact_type)
+        with self._read() as conn:
+            rows = conn.execute(query + " ORDER BY m.created_at, m.digest", params).fetchall()
+        descriptors = []
+        for media_type, digest, size, artifact, annotations in rows:
+            descriptor = {"mediaType": media_type, "digest": digest, "size": size}
+            if artifact:
+                descriptor["artifactType"] = artifact
+            if annotations:
+                descriptor["annotations"] = json.loads(annotations)
+            descriptors.append(descriptor)
+        return descriptors

@@ -1,0 +1,90 @@
+"""The registry's SQLite schema, as numbered migrations (sqlite-utils `Migrations`).
+
+Never edit an applied migration: add the next number. Tables:
+
+- repositories        one row per repository name ever written to
+- blobs               every committed blob (digest, size): the content store's index, shared by all repositories
+- repository_blobs    which repository may read which blob (pushed or mounted into it)
+- manifest_content    manifest bytes exactly as pushed, by digest, shared by all repositories
+- manifests           a manifest present in a repository, with what the API needs without parsing it again
+- manifest_references the reference graph: manifest -> blob (config, layers) and manifest -> manifest (index children)
+- tags                tag -> manifest digest, per repository
+- uploads             open upload sessions and the length of their committed bytes
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("dockyard")
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    _run(db, """
+        CREATE TABLE repositories (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE repository_blobs (
+            repository_id INTEGER NOT NULL REFERENCES repositories(id),
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            created_at REAL NOT NULL,
+            PRIMARY KEY (repository_id, digest)
+        ) WITHOUT ROWID;
+        CREATE INDEX repository_blobs_digest ON repository_blobs(digest);
+        CREATE TABLE manifest_content (
+            digest TEXT PRIMARY KEY,
+            data BLOB NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE manifests (
+            repository_id INTEGER NOT NULL REFERENCES repositories(id),
+            digest TEXT NOT NULL REFERENCES manifest_content(digest),
+            media_type TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            artifact_type TEXT,
+            subject TEXT,
+            annotations TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (repository_id, digest)
+        ) WITHOUT ROWID;
+        CREATE INDEX manifests_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;
+        CREATE INDEX manifests_digest ON manifests(digest);
+        CREATE TABLE manifest_references (
+            repository_id INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            child TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('blob', 'manifest')),
+            PRIMARY KEY (repository_id, digest, child)
+        ) WITHOUT ROWID;
+        CREATE INDEX manifest_references_child ON manifest_references(child);
+        CREATE TABLE tags (
+            repository_id INTEGER NOT NULL REFERENCES repositories(id),
+            name TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (repository_id, name)
+        ) WITHOUT ROWID;
+        CREATE INDEX tags_digest ON tags(repository_id, digest);
+        CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            repository_id INTEGER NOT NULL REFERENCES repositories(id),
+            length INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """)
+
+
+def _run(db: Database, script: str) -> None:
+    # Statement by statement: sqlite3's executescript() would COMMIT the migration's transaction first.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)

@@ -1,0 +1,57 @@
+"""What every resource shares: the API root, request-body and pagination parsing, response headers."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import falcon
+
+from ..errors import TagInvalid, Unsupported
+from ..names import TAG_RE
+from ..registry import Body, Registry
+
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+
+
+def request_body(req: falcon.Request) -> Body:
+    """The body to stream: Content-Length bytes, or until EOF for `Transfer-Encoding: chunked` (docker, podman)."""
+    length = req.content_length
+    if length is None and "chunked" not in (req.get_header("Transfer-Encoding") or "").lower():
+        length = 0
+    return Body(req.bounded_stream if length is not None else req.stream, length,
+                req.get_header("Content-Range"))
+
+
+def pagination(req: falcon.Request, *, default: int | None, maximum: int) -> tuple[int | None, str | None]:
+    """`n` and `last` query parameters; `n` is capped at `maximum` (the Link header then leads on)."""
+    raw = req.get_param("n")
+    if raw is None or raw == "":
+        n = default
+    else:
+        if not raw.isdigit():
+            raise Unsupported({"n": raw}, status=400, message="n must be a non-negative integer")
+        n = min(int(raw), maximum)
+    return n, req.get_param("last") or None
+
+
+def set_next_link(resp: falcon.Response, path: str, n: int, last: str) -> None:
+    resp.set_header("Link", f'<{path}?{urlencode({"n": n, "last": last})}>; rel="next"')
+
+
+class BaseResource:
+    """`GET /v2/`: the API root; a 200 tells clients this registry speaks the V2 API."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {}
+
+
+class Resource:
+    """A resource of the V2 API, working through the `Registry` it is given."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+
+def validate_last_tag(last: str | None) -> None:
+    if last is not None and not TAG_RE.fullmatch(last):
+        raise TagInvalid({"last": last[:300]}, message="last must be a tag")

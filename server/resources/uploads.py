@@ -1,0 +1,64 @@
+"""`/v2/<name>/blobs/uploads/`: upload sessions (POST, PATCH, PUT, GET, DELETE), monolithic uploads and mounts."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..metadata import Upload
+from ..storage import CommittedBlob
+from .base import Resource, request_body
+
+
+def session_headers(resp: falcon.Response, name: str, session: Upload) -> None:
+    resp.location = f"/v2/{name}/blobs/uploads/{session.id}"
+    resp.set_header("Docker-Upload-UUID", session.id)
+    # Range is inclusive; an empty session reports 0-0, as the reference registry and its clients expect.
+    resp.set_header("Range", f"0-{max(session.length - 1, 0)}")
+    resp.content_length = 0
+
+
+def created_headers(resp: falcon.Response, name: str, digest: str) -> None:
+    resp.status = falcon.HTTP_201
+    resp.location = f"/v2/{name}/blobs/{digest}"
+    resp.set_header("Docker-Content-Digest", digest)
+    resp.content_length = 0
+
+
+class UploadsResource(Resource):
+    """POST: open a session (202), upload monolithically (?digest=, 201) or mount (?mount=&from=, 201)."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        mount, source = req.get_param("mount"), req.get_param("from")
+        if mount and source:
+            mounted = self.registry.mount(name, source, mount)
+            if mounted is not None:
+                created_headers(resp, name, str(mounted[0]))
+                return
+        digest = req.get_param("digest")
+        if digest is not None:
+            blob: CommittedBlob = self.registry.monolithic_upload(name, digest, request_body(req))
+            created_headers(resp, name, str(blob.digest))
+            return
+        resp.status = falcon.HTTP_202
+        session_headers(resp, name, self.registry.start_upload(name))
+
+
+class UploadResource(Resource):
+    """One upload session: its status, its chunks, its close and its cancellation."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        resp.status = falcon.HTTP_204
+        session_headers(resp, name, self.registry.upload_status(name, upload_id))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        session = self.registry.append_upload(name, upload_id, request_body(req))
+        resp.status = falcon.HTTP_202
+        session_headers(resp, name, session)
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        blob = self.registry.finish_upload(name, upload_id, req.get_param("digest"), request_body(req))
+        created_headers(resp, name, str(blob.digest))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
+        self.registry.cancel_upload(name, upload_id)
+        resp.status = falcon.HTTP_204

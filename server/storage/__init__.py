@@ -1,0 +1,272 @@
+"""Content-addressed blob storage on the local filesystem.
+
+Layout under the data directory (the only paths this module ever forms; every component is a parsed digest, an
+upload id this module generated, or a constant):
+
+    blobs/<algorithm>/<first two hex>/<hex>     committed blobs, immutable, named by their verified digest
+    uploads/<upload id>                         bytes of an open upload session, appended in order
+
+An upload's bytes are hashed as they arrive. On commit the file is fsynced, its digest compared with the one the
+client claims, and only then renamed into `blobs/` (same filesystem, so the rename is atomic) and its directory
+fsynced. A blob is therefore never visible under its name before it is verified, and a failed or cancelled upload
+leaves nothing behind. Concurrent commits of the same content all succeed: the rename replaces identical bytes.
+
+The running hash of a session lives in the worker process that received its last chunk (hashlib objects cannot be
+pickled). A chunk that lands on another worker first re-hashes the bytes already on disk, once; clients keep one
+connection per upload, so gunicorn normally keeps a session on one worker. Requests for one session are serialised
+across workers by an flock on its file.
+
+This module never imports falcon: failures are the domain errors of `..errors`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+import uuid as uuidlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from ..errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, SizeInvalid
+from ..names import Digest
+
+UPLOAD_ID_CHARS = set("0123456789abcdef-")
+
+
+@dataclass(slots=True)
+class CommittedBlob:
+    digest: Digest
+    size: int
+
+
+class _HashState:
+    __slots__ = ("offset", "hasher")
+
+    def __init__(self, offset: int, hasher):
+        self.offset = offset
+        self.hasher = hasher
+
+
+class UploadWriter:
+    """An open upload session's file, held under an exclusive lock. Obtain it from `BlobStore.open_upload`."""
+
+    def __init__(self, store: "BlobStore", upload_id: str, fh: BinaryIO, offset: int):
+        self._store = store
+        self.upload_id = upload_id
+        self._fh = fh
+        self.offset = offset
+
+    def append(self, chunks: Iterable[bytes]) -> int:
+        """Append chunks at the current offset, hashing as they arrive; return the new offset.
+
+        On any failure (a short body, a client gone, a full disk) the file is cut back to where it was, so a
+        session never holds bytes the client was not told about.
+        """
+        start = self.offset
+        state = self._store._hash_state(self.upload_id, self._fh, start)
+        fh = self._fh
+        fh.seek(start)
+        fh.truncate()
+        hasher = state.hasher
+        written = start
+        try:
+            for chunk in chunks:
+                hasher.update(chunk)
+                fh.write(chunk)
+                written += len(chunk)
+            fh.flush()
+        except BaseException:
+            self._store._forget_hash(self.upload_id)
+            fh.seek(start)
+            fh.truncate()
+            raise
+        state.offset = written
+        self.offset = written
+        return written
+
+    def commit(self, digest: Digest) -> CommittedBlob:
+        """Verify the whole content against `digest` and move it into place. DIGEST_INVALID if it does not match."""
+        fh = self._fh
+        fh.flush()
+        fh.truncate(self.offset)
+        if digest.algorithm == "sha256":
+            actual = self._store._hash_state(self.upload_id, fh, self.offset).hasher.hexdigest()
+        else:
+            actual = self._store._hash_file(fh, self.offset, digest.algorithm).hexdigest()
+        if actual != digest.hex:
+            raise DigestInvalid({"expected": str(digest), "actual": f"{digest.algorithm}:{actual}"})
+        os.fsync(fh.fileno())
+        self._store._install(self._store._upload_path(self.upload_id), digest)
+        self._store._forget_hash(self.upload_id)
+        return CommittedBlob(digest, self.offset)
+
+
+class BlobStore:
+    """Blobs and upload sessions under one root directory. Thread- and process-safe."""
+
+    def __init__(self, root: str | os.PathLike, *, block_size: int = 1024 * 1024,
+                 new_id: Callable[[], str] = lambda: str(uuidlib.uuid4())):
+        self.root = Path(root)
+        self.block_size = block_size
+        self._new_id = new_id
+        self._blobs = self.root / "blobs"
+        self._uploads = self.root / "uploads"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._uploads.mkdir(parents=True, exist_ok=True)
+        self._hashes: dict[str, _HashState] = {}
+        self._hashes_lock = threading.Lock()
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self._blobs / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def _upload_path(self, upload_id: str) -> Path:
+        if not upload_id or not set(upload_id) <= UPLOAD_ID_CHARS or len(upload_id) > 64:
+            raise BlobUploadUnknown({"uuid": upload_id[:100]})
+        return self._uploads / upload_id
+
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    def stat(self, digest: Digest) -> int | None:
+        """Size of the committed blob, or None when it is not on disk."""
+        try:
+            return os.stat(self.blob_path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, digest: Digest) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb", buffering=0)
+        except FileNotFoundError:
+            raise BlobUnknown({"digest": str(digest)}) from None
+
+    def delete(self, digest: Digest) -> bool:
+        try:
+            os.unlink(self.blob_path(digest))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def digests(self) -> Iterator[Digest]:
+        """Every committed blob on disk (for garbage collection and consistency checks)."""
+        for algorithm_dir in self._blobs.iterdir():
+            for prefix in algorithm_dir.iterdir():
+                for entry in prefix.iterdir():
+                    yield Digest(algorithm_dir.name, entry.name)
+
+    # -- upload sessions -----------------------------------------------------------------------------------------
+
+    def new_upload(self) -> str:
+        upload_id = self._new_id()
+        # O_EXCL: an id can never point at another session's bytes.
+        fd = os.open(self._upload_path(upload_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        return upload_id
+
+    @contextmanager
+    def open_upload(self, upload_id: str) -> Iterator[UploadWriter]:
+        """Lock the session's file for this request. The caller sets `offset` to the length recorded in metadata,
+        read under this lock."""
+        path = self._upload_path(upload_id)
+        try:
+            fh = open(path, "r+b")
+        except FileNotFoundError:
+            raise BlobUploadUnknown({"uuid": upload_id}) from None
+        with fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if not path.exists():  # committed or cancelled while we waited for the lock
+                raise BlobUploadUnknown({"uuid": upload_id})
+            yield UploadWriter(self, upload_id, fh, 0)
+
+    def remove_upload(self, upload_id: str) -> None:
+        self._forget_hash(upload_id)
+        try:
+            os.unlink(self._upload_path(upload_id))
+        except FileNotFoundError:
+            pass
+
+    def upload_ids(self) -> list[str]:
+        return [p.name for p in self._uploads.iterdir()]
+
+    def ingest(self, chunks: Iterable[bytes], digest: Digest) -> CommittedBlob:
+        """A whole blob in one call (monolithic upload): stream, verify, install."""
+        upload_id = self.new_upload()
+        try:
+            with self.open_upload(upload_id) as writer:
+                writer.append(chunks)
+                return writer.commit(digest)
+        finally:
+            self.remove_upload(upload_id)
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _hash_state(self, upload_id: str, fh: BinaryIO, offset: int) -> _HashState:
+        with self._hashes_lock:
+            state = self._hashes.get(upload_id)
+            if state is not None and state.offset == offset:
+                return state
+        state = _HashState(offset, self._hash_file(fh, offset, "sha256"))
+        with self._hashes_lock:
+            self._hashes[upload_id] = state
+        return state
+
+    def _hash_file(self, fh: BinaryIO, length: int, algorithm: str):
+        """Hash the first `length` bytes of a session file (a session that moved between workers, or sha512)."""
+        hasher = hashlib.new(algorithm)
+        fh.seek(0)
+        remaining = length
+        while remaining:
+            block = fh.read(min(self.block_size, remaining))
+            if not block:
+                raise BlobUploadInvalid({"reason": "upload data shorter than recorded"})
+            hasher.update(block)
+            remaining -= len(block)
+        return hasher
+
+    def _forget_hash(self, upload_id: str) -> None:
+        with self._hashes_lock:
+            self._hashes.pop(upload_id, None)
+
+    def _install(self, source: Path, digest: Digest) -> None:
+        target = self.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on directories
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_body(stream: BinaryIO, length: int | None, block_size: int) -> Iterator[bytes]:
+    """Chunks of a request body: exactly `length` bytes, or until EOF when the body is chunked (length None).
+
+    A body that ends early (a client that disconnected) raises SIZE_INVALID, so the caller rolls back.
+    """
+    if length is None:
+        while True:
+            block = stream.read(block_size)
+            if not block:
+                return
+            yield block
+    remaining = length
+    while remaining:
+        block = stream.read(min(block_size, remaining))
+        if not block:
+            raise SizeInvalid({"expected": length, "received": length - remaining},
+                              message="request body shorter than Content-Length")
+        remaining -= len(block)
+        yield block
