@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from .config import Config
 from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestUnknown,
-                     NameUnknown, SizeInvalid)
+                     NameUnknown, SizeInvalid, TagInvalid)
 from .manifests import parse_manifest
 from .metadata import ManifestRecord, Metadata, Upload
 from .names import Digest, parse_digest, parse_reference
@@ -166,7 +166,7 @@ class Registry:
         return StoredManifest(manifest.digest, manifest.subject)
 
     def manifest(self, name: str, reference: str, *, with_data: bool = True) -> ManifestRecord:
-        ref = parse_reference(reference)
+        ref = self._lookup_reference(reference)
         if isinstance(ref, Digest):
             record = self.metadata.get_manifest(name, digest=str(ref), with_data=with_data)
         else:
@@ -179,13 +179,22 @@ class Registry:
 
     def delete_manifest(self, name: str, reference: str) -> None:
         """By digest: the manifest and its tags go. By tag: only that tag goes."""
-        ref = parse_reference(reference)
+        ref = self._lookup_reference(reference)
         deleted = (self.metadata.delete_manifest(name, str(ref)) if isinstance(ref, Digest)
                    else self.metadata.delete_tag(name, ref))
         if not deleted:
             if not self.metadata.repository_exists(name):
                 raise NameUnknown({"name": name})
             raise ManifestUnknown({"reference": reference})
+
+    @staticmethod
+    def _lookup_reference(reference: str) -> str | Digest:
+        """A reference to look up: a malformed tag names no manifest (404), as the conformance suite expects;
+        a malformed digest stays a 400 DIGEST_INVALID. Only a PUT answers TAG_INVALID."""
+        try:
+            return parse_reference(reference)
+        except TagInvalid:
+            raise ManifestUnknown({"reference": reference[:300], "reason": "not a valid tag"}) from None
 
     def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[dict]:
         return self.metadata.referrers(name, str(parse_digest(digest)), artifact_type)
