@@ -16,7 +16,8 @@ from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestIn
 from .manifests import parse_manifest
 from .metadata import ManifestRecord, Metadata, Upload
 from .names import Digest, parse_digest, parse_reference
-from .storage import BlobStore, CommittedBlob, read_body
+from .bodies import Source
+from .storage import BlobStore, CommittedBlob
 
 CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)")
 
@@ -24,7 +25,7 @@ CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)")
 @dataclass(slots=True)
 class Body:
     """A request body to stream: `length` is None for a chunked body of unknown length."""
-    stream: BinaryIO
+    source: Source
     length: int | None
     content_range: str | None = None
 
@@ -85,7 +86,7 @@ class Registry:
             session = self._session(name, upload_id)  # re-read under the lock: another worker may have moved it
             writer.offset = session.length
             self._check_range(session, body)
-            length = writer.append(read_body(body.stream, body.length, self.store.block_size))
+            length = writer.append(body.source)
             self.metadata.set_upload_length(upload_id, length)
             session.length = length
             return session
@@ -101,7 +102,7 @@ class Registry:
             writer.offset = session.length
             if body.length or body.length is None:
                 self._check_range(session, body)
-                writer.append(read_body(body.stream, body.length, self.store.block_size))
+                writer.append(body.source)
             try:
                 blob = writer.commit(parsed)
             except DigestInvalid:
@@ -121,7 +122,7 @@ class Registry:
     def monolithic_upload(self, name: str, digest: str, body: Body) -> CommittedBlob:
         """POST ...?digest= with the whole blob as the body."""
         parsed = parse_digest(digest)
-        blob = self.store.ingest(read_body(body.stream, body.length, self.store.block_size), parsed)
+        blob = self.store.ingest(body.source, parsed)
         self.metadata.link_blob(name, str(blob.digest), blob.size)
         return blob
 

@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 import falcon
 
+from ..bodies import body_source
 from ..errors import TagInvalid, Unsupported
 from ..names import TAG_RE
 from ..registry import Body, Registry
@@ -18,8 +19,7 @@ def request_body(req: falcon.Request) -> Body:
     length = req.content_length
     if length is None and "chunked" not in (req.get_header("Transfer-Encoding") or "").lower():
         length = 0
-    return Body(req.bounded_stream if length is not None else req.stream, length,
-                req.get_header("Content-Range"))
+    return Body(body_source(req.env, req.stream, length), length, req.get_header("Content-Range"))
 
 
 def pagination(req: falcon.Request, *, default: int | None, maximum: int) -> tuple[int | None, str | None]:

@@ -1,14 +1,16 @@
 """The blob store's contract: nothing is visible before it is verified, failures leave nothing, content is shared."""
 
 import hashlib
+import io
 import os
 import threading
 
 import pytest
 
+from dockyard.server.bodies import StreamSource
 from dockyard.server.errors import BlobUnknown, BlobUploadUnknown, DigestInvalid, SizeInvalid
 from dockyard.server.names import Digest
-from dockyard.server.storage import BlobStore, read_body
+from dockyard.server.storage import BlobStore
 
 DATA = os.urandom(5 * 1024 + 7)
 DIGEST = Digest("sha256", hashlib.sha256(DATA).hexdigest())
@@ -19,12 +21,16 @@ def store(tmp_path):
     return BlobStore(tmp_path, block_size=1024)
 
 
+def source(data: bytes, length: int | None = -1):
+    return StreamSource(io.BytesIO(data), len(data) if length == -1 else length)
+
+
 def files_under(path):
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
 def test_ingest_then_read(store):
-    blob = store.ingest([DATA[:100], DATA[100:]], DIGEST)
+    blob = store.ingest(source(DATA), DIGEST)
     assert blob.size == len(DATA)
     with store.open(DIGEST) as fh:
         assert fh.read() == DATA
@@ -34,14 +40,14 @@ def test_ingest_then_read(store):
 
 def test_wrong_digest_leaves_nothing(store, tmp_path):
     with pytest.raises(DigestInvalid):
-        store.ingest([DATA], Digest("sha256", "0" * 64))
+        store.ingest(source(DATA), Digest("sha256", "0" * 64))
     assert files_under(tmp_path) == []
 
 
 def test_blob_not_visible_before_commit(store):
     upload_id = store.new_upload()
     with store.open_upload(upload_id) as writer:
-        writer.append([DATA])
+        writer.append(source(DATA))
         assert store.stat(DIGEST) is None
         with pytest.raises(BlobUnknown):
             store.open(DIGEST)
@@ -52,16 +58,25 @@ def test_blob_not_visible_before_commit(store):
 def test_failed_append_rolls_back_to_previous_offset(store):
     upload_id = store.new_upload()
 
-    def chunks_then_disconnect():
-        yield DATA[:500]
-        raise ConnectionResetError("client went away")
+    class Disconnecting:
+        """Two full blocks, then the client goes away."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def readinto(self, buf):
+            self.calls += 1
+            if self.calls > 2:
+                raise ConnectionResetError("client went away")
+            buf[:] = b"x" * len(buf)
+            return len(buf)
 
     with store.open_upload(upload_id) as writer:
-        writer.append([DATA[:1000]])
+        writer.append(source(DATA[:1000]))
         with pytest.raises(ConnectionResetError):
-            writer.append(chunks_then_disconnect())
+            writer.append(Disconnecting())
         assert writer.offset == 1000
-        writer.append([DATA[1000:]])
+        writer.append(source(DATA[1000:]))
         writer.commit(DIGEST)
     with store.open(DIGEST) as fh:
         assert fh.read() == DATA
@@ -71,10 +86,10 @@ def test_session_continued_by_another_store_rehashes_once(tmp_path):
     first, second = BlobStore(tmp_path), BlobStore(tmp_path)
     upload_id = first.new_upload()
     with first.open_upload(upload_id) as writer:
-        offset = writer.append([DATA[:3000]])
+        offset = writer.append(source(DATA[:3000]))
     with second.open_upload(upload_id) as writer:
         writer.offset = offset
-        writer.append([DATA[3000:]])
+        writer.append(source(DATA[3000:]))
         assert writer.commit(DIGEST).size == len(DATA)
 
 
@@ -82,13 +97,13 @@ def test_bytes_past_the_recorded_offset_are_discarded(store):
     """A worker killed mid-chunk leaves bytes nobody acknowledged; the next chunk starts at the recorded offset."""
     upload_id = store.new_upload()
     with store.open_upload(upload_id) as writer:
-        writer.append([DATA[:1000]])
+        writer.append(source(DATA[:1000]))
     with open(store._upload_path(upload_id), "ab") as fh:
         fh.write(b"garbage from a dead worker")
     store._forget_hash(upload_id)
     with store.open_upload(upload_id) as writer:
         writer.offset = 1000
-        writer.append([DATA[1000:]])
+        writer.append(source(DATA[1000:]))
         writer.commit(DIGEST)
     with store.open(DIGEST) as fh:
         assert fh.read() == DATA
@@ -99,7 +114,7 @@ def test_concurrent_commits_of_same_content(store):
 
     def upload():
         try:
-            store.ingest([DATA[i:i + 777] for i in range(0, len(DATA), 777)], DIGEST)
+            store.ingest(source(DATA), DIGEST)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -115,7 +130,7 @@ def test_concurrent_commits_of_same_content(store):
 
 def test_sha512_commit(store):
     digest = Digest("sha512", hashlib.sha512(DATA).hexdigest())
-    assert store.ingest([DATA], digest).digest == digest
+    assert store.ingest(source(DATA), digest).digest == digest
 
 
 def test_upload_ids_cannot_form_paths(store):
@@ -128,14 +143,23 @@ def test_upload_ids_cannot_form_paths(store):
 def test_cancelled_upload_leaves_nothing(store):
     upload_id = store.new_upload()
     with store.open_upload(upload_id) as writer:
-        writer.append([DATA])
+        writer.append(source(DATA))
     store.remove_upload(upload_id)
     assert files_under(store.root) == []
 
 
-def test_read_body_exact_and_short():
-    import io
-    assert b"".join(read_body(io.BytesIO(DATA), len(DATA), 1000)) == DATA
-    assert b"".join(read_body(io.BytesIO(DATA), None, 1000)) == DATA
+def test_stream_source_exact_chunked_and_short():
+    buf = memoryview(bytearray(len(DATA) + 10))
+    assert buf[:source(DATA).readinto(buf)] == DATA
+    assert buf[:source(DATA, None).readinto(buf)] == DATA
     with pytest.raises(SizeInvalid):
-        b"".join(read_body(io.BytesIO(DATA[:10]), 20, 1000))
+        source(DATA[:10], 20).readinto(buf)
+
+
+def test_large_body_through_the_hashing_thread(tmp_path):
+    store = BlobStore(tmp_path, block_size=4096)
+    data = os.urandom(4096 * 50 + 123)
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    assert store.ingest(source(data), digest).size == len(data)
+    with store.open(digest) as fh:
+        assert fh.read() == data
