@@ -45,6 +45,9 @@ class Config:
                               choices=("debug", "info", "warning", "error", "critical"))
     config: str = _setting("", "Path of the TOML config file that was loaded (set by --config or "
                            "DOCKYARD_CONFIG).")
+    middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
+                                 "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
+                                 "`options`. File only.")
 
     @property
     def data_path(self) -> Path:
@@ -58,7 +61,26 @@ class Config:
 SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def _middleware_entries(value: Any) -> tuple:
+    if not isinstance(value, list):
+        raise ConfigError("setting 'middleware': expected a list of [[middleware]] tables")
+    entries = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"setting 'middleware[{i}]': expected a table with a 'name' string")
+        unknown = set(entry) - {"name", "options"}
+        if unknown:
+            raise ConfigError(f"setting 'middleware[{i}]' ({entry['name']}): unknown key(s) {', '.join(sorted(unknown))}")
+        options = entry.get("options", {})
+        if not isinstance(options, dict):
+            raise ConfigError(f"setting 'middleware[{i}].options' ({entry['name']}): expected a table")
+        entries.append({"name": entry["name"], "options": options})
+    return tuple(entries)
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "middleware":
+        return _middleware_entries(value)
     f = SETTINGS[name]
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
     if kind is bool:
@@ -109,7 +131,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX):].lower()
-            if name not in SETTINGS:
+            if name not in SETTINGS or name == "middleware":
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():

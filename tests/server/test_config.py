@@ -58,3 +58,25 @@ def test_missing_file():
 def test_config_is_immutable():
     with pytest.raises(Exception):
         Config().bind = "x"
+
+
+def test_middleware_tables(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[middleware]]\nname = "logging"\n\n[[middleware]]\nname = "mypkg.mod.Thing"\n'
+                    '[middleware.options]\nlimit = 3\n')
+    config = load_config(path, environ={})
+    assert config.middleware == ({"name": "logging", "options": {}},
+                                 {"name": "mypkg.mod.Thing", "options": {"limit": 3}})
+
+
+@pytest.mark.parametrize("text,message", [
+    ('middleware = "auth"', "list"),
+    ("[[middleware]]\noptions = {}\n", "name"),
+    ('[[middleware]]\nname = "auth"\ncolour = 1\n', "colour"),
+    ('[[middleware]]\nname = "auth"\noptions = 3\n', "options"),
+])
+def test_bad_middleware_tables(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={})
