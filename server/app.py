@@ -12,6 +12,8 @@ import falcon
 from .config import Config, load_config
 from .errors import RegistryError, error_body, error_for_status
 from .metadata import Metadata
+from .observability import InstrumentedApp
+from .observability import install as install_observability
 from .registry import Registry
 from .resources.base import API_VERSION_HEADER, BaseResource
 from .resources.blobs import BlobResource
@@ -22,6 +24,7 @@ from .resources.tags import TagsResource
 from .resources.uploads import UploadResource, UploadsResource
 from .routing import RegistryRouter
 from .storage import BlobStore
+from .urls import ExternalURLs
 
 log = logging.getLogger("dockyard")
 
@@ -71,9 +74,9 @@ def create_app(config: Config, *, store: BlobStore | None = None, metadata: Meta
     registry = Registry(config, store, metadata)
 
     # Falcon streams files through wsgi.file_wrapper in blocks of _STREAM_BLOCK_SIZE (8 KiB: far too small).
-    app_class = type("DockyardApp", (falcon.App,), {"_STREAM_BLOCK_SIZE": config.io_block_size,
+    app_class = type("DockyardApp", (InstrumentedApp,), {"_STREAM_BLOCK_SIZE": config.io_block_size,
                                                      "__slots__": ("registry",)})
-    app = app_class(router=RegistryRouter(), middleware=[RegistryHeaders()])
+    app = app_class(router=RegistryRouter(), middleware=[ExternalURLs.from_config(config), RegistryHeaders()])
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = False
     app.registry = registry
@@ -86,6 +89,8 @@ def create_app(config: Config, *, store: BlobStore | None = None, metadata: Meta
     app.add_route("/v2/{name}/blobs/uploads/{upload_id}", UploadResource(registry))
     app.add_route("/v2/{name}/blobs/{digest}", BlobResource(registry))
     app.add_route("/v2/{name}/referrers/{digest}", ReferrersResource(registry))
+
+    install_observability(app, registry)  # /healthz, /readyz, /metrics, and request metrics
 
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(falcon.HTTPError, _http_error)

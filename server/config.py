@@ -41,6 +41,13 @@ class Config:
                                   minimum=4096)
     sendfile: bool = _setting(False, "Let gunicorn send blobs with sendfile(2). Off by default: on loopback a "
                               "read loop measured faster here; behind nginx use X-Accel-Redirect instead.")
+    accel_redirect: str = _setting("", "Behind nginx: the `internal` location prefix aliased to the blob directory "
+                                   "(e.g. /_dockyard_blobs); blob GETs then answer with X-Accel-Redirect and nginx "
+                                   "sends the file. Empty: Python streams blobs itself.")
+    base_url: str = _setting("", "External URL of the registry (e.g. https://registry.example.com), used for every "
+                             "Location and Link header. Empty: derived from each request.")
+    trusted_proxies: str = _setting("", "Comma-separated addresses or CIDR networks of reverse proxies (or `*`) whose "
+                                    "X-Forwarded-Proto/-Host/-For are believed; also gunicorn's forwarded_allow_ips.")
     log_level: str = _setting("info", "gunicorn log level.",
                               choices=("debug", "info", "warning", "error", "critical"))
     config: str = _setting("", "Path of the TOML config file that was loaded (set by --config or "

@@ -25,6 +25,8 @@ def test_every_setting_is_documented_with_its_default(name):
     shown = documented[name].strip("`")
     if name in ("config", "middleware"):
         assert not default and shown == "(none)"
+    elif default == "":
+        assert shown == "(empty)"
     elif isinstance(default, bool):
         assert shown == str(default).lower()
     else:

@@ -9,7 +9,9 @@ import falcon
 from ..bodies import body_source
 from ..errors import TagInvalid, Unsupported
 from ..names import TAG_RE
+from ..observability import counted
 from ..registry import Body, Registry
+from ..urls import absolute_url
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
@@ -19,7 +21,7 @@ def request_body(req: falcon.Request) -> Body:
     length = req.content_length
     if length is None and "chunked" not in (req.get_header("Transfer-Encoding") or "").lower():
         length = 0
-    return Body(body_source(req.env, req.stream, length), length, req.get_header("Content-Range"))
+    return Body(counted(req.env, body_source(req.env, req.stream, length)), length, req.get_header("Content-Range"))
 
 
 def pagination(req: falcon.Request, *, default: int | None, maximum: int) -> tuple[int | None, str | None]:
@@ -35,7 +37,13 @@ def pagination(req: falcon.Request, *, default: int | None, maximum: int) -> tup
 
 
 def set_next_link(resp: falcon.Response, path: str, n: int, last: str) -> None:
-    resp.set_header("Link", f'<{path}?{urlencode({"n": n, "last": last})}>; rel="next"')
+    url = absolute_url(resp, f'{path}?{urlencode({"n": n, "last": last})}')
+    resp.set_header("Link", f'<{url}>; rel="next"')
+
+
+def set_location(resp: falcon.Response, path: str) -> None:
+    """Every Location header goes through here: absolute, with the registry's external scheme, host and port."""
+    resp.location = absolute_url(resp, path)
 
 
 class BaseResource:

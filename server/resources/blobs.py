@@ -1,4 +1,10 @@
-"""`/v2/<name>/blobs/<digest>`: fetch (with Range), check and delete blobs."""
+"""`/v2/<name>/blobs/<digest>`: fetch (with Range), check and delete blobs.
+
+With `accel_redirect` set (Dockyard behind nginx), a GET is answered with `X-Accel-Redirect: <prefix>/<algorithm>/
+<2 hex>/<hex>`, the blob's path under the store's `blobs/` directory (see the storage layout), and no body: nginx
+serves the file from its `internal` location aliased to that directory, Range requests included, so no blob byte
+passes through Python. Access is checked here first, as for every GET.
+"""
 
 from __future__ import annotations
 
@@ -69,6 +75,19 @@ class BlobResource(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
         parsed, size = self.registry.blob(name, digest)
+        accel = self.registry.config.accel_redirect
+        if accel:
+            store = self.registry.store
+            target = store.blob_path(parsed).relative_to(store.root / "blobs").as_posix()
+            resp.set_header("X-Accel-Redirect", f"{accel.rstrip('/')}/{target}")
+            # nginx keeps only some upstream headers on an internal redirect; its location re-adds these from
+            # $upstream_http_docker_content_digest and $upstream_http_etag (deploy/nginx/dockyard.conf).
+            resp.content_type = "application/octet-stream"
+            resp.set_header("Docker-Content-Digest", str(parsed))
+            resp.etag = f'"{parsed}"'
+            resp.cache_control = ["max-age=31536000"]
+            resp.content_length = 0
+            return
         byte_range = parse_range(req.get_header("Range"), size) if req.get_header("Range") else None
         fh = self.registry.open_blob(parsed)
         resp.content_type = "application/octet-stream"

@@ -6,7 +6,7 @@ import falcon
 
 from ..errors import ManifestUnknown, SizeInvalid
 from ..metadata import ManifestRecord
-from .base import Resource
+from .base import Resource, set_location
 
 
 def accepted_types(req: falcon.Request) -> set[str]:
@@ -59,7 +59,7 @@ class ManifestResource(Resource):
             raise SizeInvalid({"expected": req.content_length, "received": len(data)})
         stored = self.registry.put_manifest(name, reference, data, req.content_type)
         resp.status = falcon.HTTP_201
-        resp.location = f"/v2/{name}/manifests/{stored.digest}"
+        set_location(resp, f"/v2/{name}/manifests/{stored.digest}")
         resp.set_header("Docker-Content-Digest", stored.digest)
         if stored.subject:
             resp.set_header("OCI-Subject", stored.subject)

@@ -6,11 +6,12 @@ import falcon
 
 from ..metadata import Upload
 from ..storage import CommittedBlob
-from .base import Resource, request_body
+from ..observability import note_blob_upload
+from .base import Resource, request_body, set_location
 
 
 def session_headers(resp: falcon.Response, name: str, session: Upload) -> None:
-    resp.location = f"/v2/{name}/blobs/uploads/{session.id}"
+    set_location(resp, f"/v2/{name}/blobs/uploads/{session.id}")
     resp.set_header("Docker-Upload-UUID", session.id)
     # Range is inclusive; an empty session reports 0-0, as the reference registry and its clients expect.
     resp.set_header("Range", f"0-{max(session.length - 1, 0)}")
@@ -19,7 +20,7 @@ def session_headers(resp: falcon.Response, name: str, session: Upload) -> None:
 
 def created_headers(resp: falcon.Response, name: str, digest: str) -> None:
     resp.status = falcon.HTTP_201
-    resp.location = f"/v2/{name}/blobs/{digest}"
+    set_location(resp, f"/v2/{name}/blobs/{digest}")
     resp.set_header("Docker-Content-Digest", digest)
     resp.content_length = 0
 
@@ -37,6 +38,7 @@ class UploadsResource(Resource):
         digest = req.get_param("digest")
         if digest is not None:
             blob: CommittedBlob = self.registry.monolithic_upload(name, digest, request_body(req))
+            note_blob_upload(req, blob.size)
             created_headers(resp, name, str(blob.digest))
             return
         resp.status = falcon.HTTP_202
@@ -57,6 +59,7 @@ class UploadResource(Resource):
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         blob = self.registry.finish_upload(name, upload_id, req.get_param("digest"), request_body(req))
+        note_blob_upload(req, blob.size)
         created_headers(resp, name, str(blob.digest))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:

@@ -92,7 +92,7 @@ def test_catalog_pagination(client):
         put_manifest(client, name, "v1", image_manifest(client, name))
     resp = client.get("/v2/_catalog?n=3")
     assert resp.json["repositories"] == names[:3]
-    assert resp.headers["Link"] == '</v2/_catalog?n=3&last=repo02>; rel="next"'
+    assert resp.headers["Link"] == '<http://localhost/v2/_catalog?n=3&last=repo02>; rel="next"'
     resp = client.get("/v2/_catalog?n=3&last=repo02")
     assert resp.json["repositories"] == names[3:6]
     resp = client.get("/v2/_catalog?n=3&last=repo05")

@@ -15,7 +15,7 @@ def test_put_by_tag_then_get_exact_bytes(client):
     data = data.replace(b"{", b"{ ", 1)  # whitespace matters: bytes are kept exactly as pushed
     digest = digest_of(data)
     resp = put_manifest(client, "repo", "v1", data)
-    assert resp.headers["Location"] == f"/v2/repo/manifests/{digest}"
+    assert resp.headers["Location"] == f"http://localhost/v2/repo/manifests/{digest}"
     assert resp.headers["Docker-Content-Digest"] == digest
     for reference in ("v1", digest):
         got = client.get(f"/v2/repo/manifests/{reference}")

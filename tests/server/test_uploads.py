@@ -2,6 +2,7 @@
 
 import io
 import os
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,14 +20,14 @@ def start(client, name="repo"):
 def test_post_opens_a_session(client):
     resp = start(client)
     uuid = resp.headers["Docker-Upload-UUID"]
-    assert resp.headers["Location"] == f"/v2/repo/blobs/uploads/{uuid}"
+    assert resp.headers["Location"] == f"http://localhost/v2/repo/blobs/uploads/{uuid}"
     assert resp.headers["Range"] == "0-0"
     assert resp.headers["Content-Length"] == "0"
 
 
 def test_monolithic_post_with_digest(client):
     resp = client.post(f"/v2/repo/blobs/uploads/?digest={DIGEST}", BLOB, status=201)
-    assert resp.headers["Location"] == f"/v2/repo/blobs/{DIGEST}"
+    assert resp.headers["Location"] == f"http://localhost/v2/repo/blobs/{DIGEST}"
     assert resp.headers["Docker-Content-Digest"] == DIGEST
     assert client.get(f"/v2/repo/blobs/{DIGEST}").body == BLOB
 
@@ -42,7 +43,7 @@ def test_monolithic_post_with_wrong_digest_stores_nothing(client, config):
 def test_post_then_put_with_whole_body(client):
     location = start(client).headers["Location"]
     resp = client.put(f"{location}?digest={DIGEST}", BLOB, status=201)
-    assert resp.headers["Location"] == f"/v2/repo/blobs/{DIGEST}"
+    assert resp.headers["Location"] == f"http://localhost/v2/repo/blobs/{DIGEST}"
     assert client.get(f"/v2/repo/blobs/{DIGEST}").body == BLOB
 
 
@@ -133,7 +134,7 @@ def test_session_belongs_to_its_repository(client):
 def test_mount_from_a_repository_that_has_the_blob(client):
     push_blob(client, "source", BLOB)
     resp = client.post(f"/v2/target/blobs/uploads/?mount={DIGEST}&from=source", status=201)
-    assert resp.headers["Location"] == f"/v2/target/blobs/{DIGEST}"
+    assert resp.headers["Location"] == f"http://localhost/v2/target/blobs/{DIGEST}"
     assert resp.headers["Docker-Content-Digest"] == DIGEST
     assert client.get(f"/v2/target/blobs/{DIGEST}").body == BLOB
 
@@ -142,7 +143,7 @@ def test_mount_from_a_repository_that_has_the_blob(client):
                                    f"mount={DIGEST}&from=Not_A_Name"])
 def test_mount_that_cannot_happen_opens_a_session(client, query):
     resp = client.post(f"/v2/target/blobs/uploads/?{query}", status=202)
-    assert resp.headers["Location"].startswith("/v2/target/blobs/uploads/")
+    assert resp.headers["Location"].startswith("http://localhost/v2/target/blobs/uploads/")
     client.get(f"/v2/target/blobs/{DIGEST}", status=404)
 
 
@@ -165,7 +166,7 @@ def test_client_that_disconnects_mid_chunk_leaves_session_as_it_was(app, client)
     location = start(client).headers["Location"]
     client.patch(location, BLOB[:1000], status=202)
     environ = {
-        "REQUEST_METHOD": "PATCH", "PATH_INFO": location, "QUERY_STRING": "", "SERVER_NAME": "x",
+        "REQUEST_METHOD": "PATCH", "PATH_INFO": urlsplit(location).path, "QUERY_STRING": "", "SERVER_NAME": "x",
         "SERVER_PORT": "80", "wsgi.url_scheme": "http", "CONTENT_LENGTH": "1000",
         "wsgi.input": io.BytesIO(BLOB[1000:1400]), "wsgi.errors": io.StringIO(),
     }
