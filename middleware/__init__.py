@@ -1,1 +1,146 @@
-"""Pluggable Falcon middleware for Dockyard (authentication, access logging, rate limiting)."""
+"""The middleware chain: built-in middleware by name, any Falcon middleware class by dotted path.
+
+`build_chain(config.middleware, context)` turns the `[[middleware]]` tables of the config file into Falcon
+middleware components, in order. Each entry names a built-in (`auth`, `logging`, `ratelimit`) or a dotted path
+(`package.module.ClassName`). What is named is called through one small interface:
+
+* if it has a `from_config(options, context)` class method, that builds the component: `options` is the entry's
+  `options` table (an `Options` reader, see below), `context` a `MiddlewareContext` (config, data directory,
+  the `Registry`);
+* otherwise it is called as `Class(**options)`, so a plain third-party Falcon middleware class works unchanged.
+
+A component may also offer `routes()`, an iterable of `(uri_template, resource)` pairs that `create_app` adds to
+the app (the auth middleware serves its token endpoint this way).
+
+Anything wrong (an unknown name, an unknown or ill-typed option) raises `ConfigError` naming the entry and the
+option, so start-up stops with a clear message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from dockyard.server.config import Config, ConfigError
+
+BUILTINS = {
+    "auth": "dockyard.middleware.auth.AuthMiddleware",
+    "logging": "dockyard.middleware.logging.AccessLog",
+    "ratelimit": "dockyard.middleware.ratelimit.RateLimit",
+}
+
+
+@dataclass(frozen=True)
+class MiddlewareContext:
+    """What a middleware may need from the app it joins, handed to `from_config(options, context)`."""
+    config: Config
+    registry: Any = None  # dockyard.server.registry.Registry (repository listing, metadata)
+    clock: Callable[[], float] | None = None  # tests pass a fake clock; None means time.time
+
+    @property
+    def data_path(self) -> Path:
+        return self.config.data_path
+
+
+_MISSING = object()
+
+
+class Options:
+    """Typed access to one entry's options; `finish()` refuses any option nobody asked for."""
+
+    def __init__(self, entry: str, options: dict, *, prefix: str = ""):
+        self.entry = entry
+        self.prefix = prefix  # for nested tables: "token.", "rules[0]."
+        self._options = dict(options)
+        self._seen: set[str] = set()
+
+    def error(self, option: str, problem: str) -> ConfigError:
+        return ConfigError(f"middleware {self.entry!r}: option {self.prefix + option!r}: {problem}")
+
+    def get(self, option: str, kind: type | tuple, default: Any = _MISSING) -> Any:
+        self._seen.add(option)
+        if option not in self._options:
+            if default is _MISSING:
+                raise self.error(option, "is required")
+            return default
+        value = self._options[option]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(option, f"expected {_kind_names(kinds)}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise self.error(option, f"expected {_kind_names(kinds)}, got {value!r}")
+        return value
+
+    def number(self, option: str, default: float, *, minimum: float = 0) -> float:
+        value = self.get(option, float, float(default))
+        if value < minimum:
+            raise self.error(option, f"must be at least {minimum}, got {value}")
+        return value
+
+    def strings(self, option: str, default: Iterable[str] = ()) -> tuple[str, ...]:
+        value = self.get(option, list, list(default))
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(option, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def networks(self, option: str) -> tuple:
+        out = []
+        for text in self.strings(option):
+            try:
+                out.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise self.error(option, f"{text!r} is not an IP address or CIDR network") from None
+        return tuple(out)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._options) - self._seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown option" + (f" (also: {', '.join(unknown[1:])})"
+                                                              if len(unknown) > 1 else ""))
+
+
+def _kind_names(kinds: tuple) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def resolve(name: str) -> Any:
+    """The class a middleware entry names: a built-in name or a dotted path `package.module.Class`."""
+    path = BUILTINS.get(name, name)
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"middleware {name!r}: unknown middleware (built-ins: {', '.join(sorted(BUILTINS))}; "
+                          "or give a dotted path package.module.Class)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"middleware {name!r}: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"middleware {name!r}: {module_name!r} has no attribute {attribute!r}") from None
+
+
+def build_one(entry: dict, context: MiddlewareContext) -> Any:
+    name, options = entry["name"], dict(entry.get("options") or {})
+    factory = resolve(name)
+    if hasattr(factory, "from_config"):
+        reader = Options(name, options)
+        component = factory.from_config(reader, context)
+        reader.finish()
+        return component
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise ConfigError(f"middleware {name!r}: bad options {sorted(options)}: {exc}") from None
+
+
+def build_chain(entries: Iterable[dict], context: MiddlewareContext) -> list:
+    """The configured middleware components, in the configured order."""
+    return [build_one(entry, context) for entry in entries]

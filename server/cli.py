@@ -45,6 +45,41 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    import json
+
+    from .app import build_registry
+
+    config = load_config(args.config, overrides={"data": args.data})
+    if not config.data_path.joinpath("registry.db").exists():
+        print(f"dockyard gc: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
+        return 2
+    registry = build_registry(config)
+    report = registry.gc.run(dry_run=args.dry_run, grace=config.gc_grace if args.grace is None else args.grace,
+                             delete_untagged=args.delete_untagged)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    verb = "would remove" if report.dry_run else "removed"
+    for manifest in report.manifests:
+        print(f"manifest {manifest['repository']}@{manifest['digest']}")
+    for digest in report.blobs:
+        print(f"blob {digest}")
+    print(f"{verb} {report.manifests_removed} manifests and {report.blobs_removed} blobs, "
+          f"{report.bytes_freed} bytes freed ({_human(report.bytes_freed)}); {report.links_removed} unused links, "
+          f"{report.uploads_purged} expired uploads, {report.orphan_files_removed} orphan files; "
+          f"{report.seconds:.2f}s")
+    return 0
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="A container image registry.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
     serve.add_argument("--workers", type=int, help="worker processes (default: two per core)")
     serve.set_defaults(func=_serve)
+    gc = commands.add_parser("gc", help="collect garbage (safe while the registry runs)")
+    gc.add_argument("--data", help="data directory (default ./data, as for serve)")
+    gc.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would go and the bytes freed; change nothing")
+    gc.add_argument("--grace", type=int, metavar="SECONDS",
+                    help="protect blobs uploaded this recently and not yet used by a manifest (default: gc_grace)")
+    gc.add_argument("--delete-untagged", action="store_true",
+                    help="also delete untagged manifests (never children of a tagged index or referrers of a "
+                         "live manifest)")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_gc)
     return parser
 
 

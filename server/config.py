@@ -52,6 +52,18 @@ class Config:
                               choices=("debug", "info", "warning", "error", "critical"))
     config: str = _setting("", "Path of the TOML config file that was loaded (set by --config or "
                            "DOCKYARD_CONFIG).")
+    read_only: bool = _setting(False, "Maintenance mode: writes are refused (503 UNSUPPORTED), reads go on. Can "
+                               "also be switched at run time through the admin API.")
+    quotas: tuple = _setting((), "Byte limits: a TOML table `[quotas]` of repository name (or prefix ending in "
+                             "\"/\") to bytes or a size such as \"10GiB\". File only.")
+    gc_grace: int = _setting(3600, "Seconds a blob uploaded but not yet used by any manifest is protected from "
+                             "garbage collection.", minimum=0)
+    gc_interval: int = _setting(0, "Run garbage collection every this many seconds in the background; 0 = never "
+                                "(run `dockyard gc` or the admin API instead).", minimum=0)
+    gc_delete_untagged: bool = _setting(False, "Scheduled garbage collection also deletes untagged manifests "
+                                        "(never children of a tagged index, nor referrers of a live manifest).")
+    upload_max_age: int = _setting(86400, "Seconds an upload session may stay idle before garbage collection "
+                                   "purges it with its data.", minimum=60)
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
@@ -85,9 +97,28 @@ def _middleware_entries(value: Any) -> tuple:
     return tuple(entries)
 
 
+def _quota_entries(value: Any) -> tuple:
+    from .metadata.quotas import parse_size
+    from .names import NAME_RE
+
+    if not isinstance(value, dict):
+        raise ConfigError("setting 'quotas': expected a table of repository name or prefix = size")
+    entries = []
+    for pattern, size in value.items():
+        if not NAME_RE.fullmatch(pattern.rstrip("/")):
+            raise ConfigError(f"setting 'quotas': {pattern!r} is not a repository name or prefix")
+        try:
+            entries.append((pattern, parse_size(size)))
+        except ValueError as exc:
+            raise ConfigError(f"setting 'quotas.{pattern}': {exc}") from None
+    return tuple(entries)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "middleware":
         return _middleware_entries(value)
+    if name == "quotas":
+        return _quota_entries(value)
     f = SETTINGS[name]
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
     if kind is bool:
@@ -138,7 +169,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX):].lower()
-            if name not in SETTINGS or name == "middleware":
+            if name not in SETTINGS or name in ("middleware", "quotas"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():

@@ -7,14 +7,17 @@ the HTTP API, the admin commands and the tests. Failures are the domain errors o
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .config import Config
+from .gc import GarbageCollector
 from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestUnknown,
-                     NameUnknown, SizeInvalid, TagInvalid)
+                     NameUnknown, SizeInvalid, TagInvalid, Denied)
 from .manifests import parse_manifest
 from .metadata import ManifestRecord, Metadata, Upload
+from .metadata.quotas import Quota
 from .names import Digest, parse_digest, parse_reference
 from .bodies import Source
 from .storage import BlobStore, CommittedBlob
@@ -37,10 +40,14 @@ class StoredManifest:
 
 
 class Registry:
-    def __init__(self, config: Config, store: BlobStore, metadata: Metadata):
+    def __init__(self, config: Config, store: BlobStore, metadata: Metadata, *, clock=time.time):
         self.config = config
         self.store = store
         self.metadata = metadata
+        self.clock = clock
+        self.quotas = tuple(Quota(pattern, limit) for pattern, limit in config.quotas)
+        self.gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
+        self._read_only_checked = (-1.0, False)
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
@@ -66,7 +73,7 @@ class Registry:
             parsed = parse_digest(digest)
         except DigestInvalid:
             return None
-        size = self.metadata.mount_blob(name, source, str(parsed))
+        size = self.metadata.mount_blob(name, source, str(parsed), self.quotas_for(name))
         return (parsed, size) if size is not None else None
 
     # -- uploads -------------------------------------------------------------------------------------------------
@@ -86,6 +93,7 @@ class Registry:
             session = self._session(name, upload_id)  # re-read under the lock: another worker may have moved it
             writer.offset = session.length
             self._check_range(session, body)
+            self._check_quota_room(name, session.length + (body.length or 0))
             length = writer.append(body.source)
             self.metadata.set_upload_length(upload_id, length)
             session.length = length
@@ -104,13 +112,14 @@ class Registry:
                 self._check_range(session, body)
                 writer.append(body.source)
             try:
-                blob = writer.commit(parsed)
+                blob = writer.verify(parsed)
             except DigestInvalid:
                 # A failed upload leaves nothing: the session and its bytes go.
                 self.metadata.delete_upload(upload_id)
                 self.store.remove_upload(upload_id)
                 raise
-            self.metadata.finish_upload(name, upload_id, str(blob.digest), blob.size)
+            self.metadata.add_blob(name, str(blob.digest), blob.size, install=writer.install, upload_id=upload_id,
+                                   quotas=self.quotas_for(name))
             return blob
 
     def cancel_upload(self, name: str, upload_id: str) -> None:
@@ -122,9 +131,54 @@ class Registry:
     def monolithic_upload(self, name: str, digest: str, body: Body) -> CommittedBlob:
         """POST ...?digest= with the whole blob as the body."""
         parsed = parse_digest(digest)
-        blob = self.store.ingest(body.source, parsed)
-        self.metadata.link_blob(name, str(blob.digest), blob.size)
-        return blob
+        self._check_quota_room(name, body.length or 0)
+        upload_id = self.store.new_upload()
+        try:
+            with self.store.open_upload(upload_id) as writer:
+                writer.append(body.source)
+                blob = writer.verify(parsed)
+                self.metadata.add_blob(name, str(blob.digest), blob.size, install=writer.install,
+                                       quotas=self.quotas_for(name))
+                return blob
+        finally:
+            self.store.remove_upload(upload_id)
+
+    # -- quotas and maintenance mode ------------------------------------------------------------------------------
+
+    def quotas_for(self, name: str) -> tuple[Quota, ...]:
+        return tuple(q for q in self.quotas if q.applies_to(name))
+
+    def _check_quota_room(self, name: str, incoming: int) -> None:
+        """Refuse a body early when it cannot fit (the commit re-checks exactly, inside its transaction)."""
+        for quota in self.quotas_for(name):
+            used = self.metadata.quota_usage(quota)
+            if used + incoming > quota.limit:
+                raise Denied({"quota": quota.pattern, "limit": quota.limit, "used": used, "requested": incoming},
+                             message=f"quota exceeded: {quota.pattern} may hold {quota.limit} bytes, holds {used}")
+
+    def read_only(self) -> bool:
+        """Maintenance mode: from the config, or switched on at run time for every worker (cached for 1 s)."""
+        if self.config.read_only:
+            return True
+        checked_at, value = self._read_only_checked
+        now = time.monotonic()
+        if now - checked_at > 1.0:
+            value = self.metadata.get_state("read_only") == "1"
+            self._read_only_checked = (now, value)
+        return value
+
+    def set_read_only(self, enabled: bool) -> None:
+        self.metadata.set_state("read_only", "1" if enabled else None)
+        self._read_only_checked = (-1.0, False)
+
+    def delete_repository(self, name: str) -> dict:
+        with self.metadata.maintenance() as m:
+            counts = m.delete_repository(name)
+        if counts is None:
+            raise NameUnknown({"name": name})
+        for upload_id in counts.pop("uploads"):
+            self.store.remove_upload(upload_id)
+        return counts
 
     def _session(self, name: str, upload_id: str) -> Upload:
         session = self.metadata.get_upload(name, upload_id)
@@ -208,6 +262,19 @@ class Registry:
             raise NameUnknown({"name": name})
         return page
 
-    def catalog(self, n: int, last: str | None) -> tuple[list[str], bool]:
-        return self.metadata.catalog(n, last)
+    def catalog(self, n: int, last: str | None,
+                visible: Callable[[str], bool] | None = None) -> tuple[list[str], bool]:
+        """A page of `n` repository names after `last`, and whether more follow. With `visible` (the caller may
+        only see some), pages are read until `n` visible names are found or the names run out."""
+        if visible is None:
+            return self.metadata.catalog(n, last)
+        found: list[str] = []
+        batch = min(max(n + 1, 100), 1000)
+        while len(found) <= n:
+            names, more = self.metadata.catalog(batch, last)
+            found.extend(name for name in names if visible(name))
+            if not more or not names:
+                break
+            last = names[-1]
+        return found[:n], len(found) > n
 

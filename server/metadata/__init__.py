@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 from sqlite_utils import Database
 
 from ..errors import ManifestBlobUnknown
+from .lifecycle import MANIFEST_TOTAL_SIZE, REPOSITORY_PAGE, REPOSITORY_USAGE, TAG_PAGE, Maintenance
+from .quotas import Quota
 from .schema import migrations
 
 
@@ -145,17 +147,30 @@ class Metadata:
                 (repository, digest)).fetchone()
         return row[0] if row else None
 
-    def link_blob(self, repository: str, digest: str, size: int) -> None:
-        """Record a committed blob and make it readable in `repository`."""
+    def add_blob(self, repository: str, digest: str, size: int, *, install: Callable[[], None] | None = None,
+                 upload_id: str | None = None, quotas: tuple["Quota", ...] = ()) -> None:
+        """Record a verified blob and make it readable in `repository`, closing its upload session if any.
+
+        `install` (the store's rename into place) runs inside this write transaction, so garbage collection, which
+        takes the same lock to forget a blob and move its file away, can never interleave with it: the database
+        and the disk change together.
+        """
         now = self._clock()
         with self._write() as conn:
             repository_id = self._ensure_repository(conn, repository)
+            for quota in quotas:
+                quota.check(conn, repository_id, digest, size)
+            if install is not None:
+                install()
+            if upload_id is not None:
+                conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             conn.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
                          (digest, size, now))
-            conn.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) "
-                         "VALUES (?, ?, ?)", (repository_id, digest, now))
+            conn.execute("INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT DO UPDATE SET created_at = excluded.created_at", (repository_id, digest, now))
 
-    def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
+    def mount_blob(self, repository: str, source: str, digest: str,
+                   quotas: tuple["Quota", ...] = ()) -> int | None:
         """Link a blob readable in `source` into `repository`; its size, or None when `source` cannot read it."""
         now = self._clock()
         with self._write() as conn:
@@ -166,8 +181,10 @@ class Metadata:
             if row is None:
                 return None
             repository_id = self._ensure_repository(conn, repository)
-            conn.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) "
-                         "VALUES (?, ?, ?)", (repository_id, digest, now))
+            for quota in quotas:
+                quota.check(conn, repository_id, digest, row[0])
+            conn.execute("INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT DO UPDATE SET created_at = excluded.created_at", (repository_id, digest, now))
             return row[0]
 
     def unlink_blob(self, repository: str, digest: str) -> bool:
@@ -203,17 +220,6 @@ class Metadata:
         with self._write() as conn:
             conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
-    def finish_upload(self, repository: str, upload_id: str, digest: str, size: int) -> None:
-        """Close a session and link its committed blob, in one transaction."""
-        now = self._clock()
-        with self._write() as conn:
-            repository_id = self._ensure_repository(conn, repository)
-            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-            conn.execute("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)",
-                         (digest, size, now))
-            conn.execute("INSERT OR IGNORE INTO repository_blobs (repository_id, digest, created_at) "
-                         "VALUES (?, ?, ?)", (repository_id, digest, now))
-
     # -- manifests -----------------------------------------------------------------------------------------------
 
     def put_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
@@ -239,14 +245,17 @@ class Metadata:
             conn.execute("INSERT OR IGNORE INTO manifest_content (digest, data) VALUES (?, ?)",
                          (manifest.digest, manifest.data))
             conn.execute(
-                "INSERT OR IGNORE INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+                "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET created_at = excluded.created_at",
                 (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
                  manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
             conn.executemany(
                 "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) VALUES (?, ?, ?, ?)",
                 [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
                 + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
+            conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
+                             [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])
             if tag is not None:
                 conn.execute(
                     "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?) "
@@ -328,3 +337,86 @@ class Metadata:
                 descriptor["annotations"] = json.loads(annotations)
             descriptors.append(descriptor)
         return descriptors
+
+    # -- lifecycle and accounting --------------------------------------------------------------------------------
+
+    @contextmanager
+    def maintenance(self, *, dry_run: bool = False) -> Iterator[Maintenance]:
+        """A write transaction for lifecycle steps; with `dry_run` everything is rolled back at the end."""
+        with self._write() as conn:
+            if not dry_run:
+                yield Maintenance(conn)
+                return
+            conn.execute("SAVEPOINT dry_run")
+            try:
+                yield Maintenance(conn)
+            finally:
+                conn.execute("ROLLBACK TO dry_run")
+                conn.execute("RELEASE dry_run")
+
+    def blob_known(self, digest: str) -> bool:
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone() is not None
+
+    def upload_known(self, upload_id: str) -> bool:
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM uploads WHERE id = ?", (upload_id,)).fetchone() is not None
+
+    def blob_sizes(self) -> dict[str, int]:
+        with self._read() as conn:
+            return dict(conn.execute("SELECT digest, size FROM blobs"))
+
+    def repository_page(self, n: int, last: str | None) -> tuple[list[dict], bool]:
+        """Repositories (with manifests) after `last`, with tag and manifest counts and their storage use."""
+        with self._read() as conn:
+            rows = conn.execute(REPOSITORY_PAGE, (last or "", n + 1)).fetchall()
+            page = []
+            for repository_id, name, tags, manifests in rows[:n]:
+                unique, shared = conn.execute(REPOSITORY_USAGE, (repository_id,)).fetchone()
+                page.append({"name": name, "tags": tags, "manifests": manifests, "unique_bytes": unique,
+                             "shared_bytes": shared})
+        return page, len(rows) > n
+
+    def tag_details(self, repository: str, n: int, last: str | None) -> tuple[list[dict], bool] | None:
+        with self._read() as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return None
+            rows = conn.execute(TAG_PAGE, (repository_id, last or "", n + 1)).fetchall()
+            sizes: dict[str, int] = {}
+            page = []
+            for tag, digest, media_type, updated_at in rows[:n]:
+                if digest not in sizes:
+                    sizes[digest] = conn.execute(MANIFEST_TOTAL_SIZE,
+                                                 {"digest": digest, "repository": repository_id}).fetchone()[0]
+                page.append({"tag": tag, "digest": digest, "media_type": media_type, "size": sizes[digest],
+                             "updated_at": updated_at})
+        return page, len(rows) > n
+
+    def storage_totals(self) -> dict:
+        with self._read() as conn:
+            blobs, blob_bytes = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
+            manifest_bytes = conn.execute("SELECT COALESCE(SUM(length(data)), 0) FROM manifest_content").fetchone()[0]
+            repositories = []
+            for repository_id, name in conn.execute("SELECT id, name FROM repositories ORDER BY name").fetchall():
+                unique, shared = conn.execute(REPOSITORY_USAGE, (repository_id,)).fetchone()
+                repositories.append({"name": name, "unique_bytes": unique, "shared_bytes": shared})
+        return {"total_bytes": blob_bytes + manifest_bytes, "blob_bytes": blob_bytes, "manifest_bytes": manifest_bytes,
+                "blobs": blobs, "repositories": repositories}
+
+    def quota_usage(self, quota: Quota) -> int:
+        with self._read() as conn:
+            return quota.usage(conn)
+
+    def get_state(self, key: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str | None) -> None:
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM state WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = "
+                             "excluded.value", (key, value))

@@ -10,6 +10,7 @@ Never edit an applied migration: add the next number. Tables:
 - manifest_references the reference graph: manifest -> blob (config, layers) and manifest -> manifest (index children)
 - tags                tag -> manifest digest, per repository
 - uploads             open upload sessions and the length of their committed bytes
+- state               cluster-wide switches shared by all workers (0002)
 """
 
 from __future__ import annotations
@@ -88,3 +89,26 @@ def _run(db: Database, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+@migrations(name="0002_lifecycle")
+def _lifecycle(db: Database) -> None:
+    """Garbage collection and maintenance.
+
+    - repository_blobs.referenced: set once a manifest in the repository has referenced the blob. The GC grace
+      period protects only links never referenced (an upload waiting for its manifest); a layer whose image was
+      deleted is collectable at once.
+    - state: small cluster-wide switches and stamps shared by all workers (read-only mode, last GC).
+    """
+    _run(db, """
+        ALTER TABLE repository_blobs ADD COLUMN referenced INTEGER NOT NULL DEFAULT 0;
+        UPDATE repository_blobs SET referenced = 1 WHERE EXISTS (
+            SELECT 1 FROM manifest_references r
+            WHERE r.repository_id = repository_blobs.repository_id AND r.child = repository_blobs.digest);
+        CREATE INDEX manifest_references_repository_child ON manifest_references(repository_id, child);
+        CREATE TABLE state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX uploads_updated ON uploads(updated_at);
+    """)

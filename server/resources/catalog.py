@@ -11,7 +11,8 @@ class CatalogResource(Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         maximum = self.registry.config.page_size_max
         n, last = pagination(req, default=maximum, maximum=maximum)
-        names, more = self.registry.catalog(n, last)
+        # An access-control middleware may restrict what this caller sees (req.context.visible_repository).
+        names, more = self.registry.catalog(n, last, req.context.get("visible_repository"))
         if more and names:
             set_next_link(resp, "/v2/_catalog", n, names[-1])
         resp.media = {"repositories": names}

@@ -27,6 +27,7 @@ import hashlib
 import os
 import queue
 import threading
+import time
 import uuid as uuidlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class UploadWriter:
         self.upload_id = upload_id
         self._fh = fh
         self.offset = offset
+        self._verified: Digest | None = None
 
     def append(self, source: "Source") -> int:
         """Append a body at the current offset, hashing as it arrives; return the new offset.
@@ -86,8 +88,11 @@ class UploadWriter:
         self.offset = written
         return written
 
-    def commit(self, digest: Digest) -> CommittedBlob:
-        """Verify the whole content against `digest` and move it into place. DIGEST_INVALID if it does not match."""
+    def verify(self, digest: Digest) -> CommittedBlob:
+        """Check the whole content against `digest` (DIGEST_INVALID otherwise) and make it durable (fsync).
+
+        Nothing is visible yet: `install` does that, inside the metadata transaction that records the blob.
+        """
         fh = self._fh
         os.ftruncate(fh.fileno(), self.offset)
         if digest.algorithm == "sha256":
@@ -97,9 +102,21 @@ class UploadWriter:
         if actual != digest.hex:
             raise DigestInvalid({"expected": str(digest), "actual": f"{digest.algorithm}:{actual}"})
         os.fsync(fh.fileno())
-        self._store._install(self._store._upload_path(self.upload_id), digest)
-        self._store._forget_hash(self.upload_id)
+        self._verified = digest
         return CommittedBlob(digest, self.offset)
+
+    def install(self) -> None:
+        """Rename the verified content into place (atomic, same filesystem) and fsync its directory."""
+        if self._verified is None:
+            raise RuntimeError("install() before verify()")
+        self._store._install(self._store._upload_path(self.upload_id), self._verified)
+        self._store._forget_hash(self.upload_id)
+
+    def commit(self, digest: Digest) -> CommittedBlob:
+        """verify() then install(): for callers with no metadata to record alongside."""
+        blob = self.verify(digest)
+        self.install()
+        return blob
 
 
 class BlobStore:
@@ -112,8 +129,9 @@ class BlobStore:
         self._new_id = new_id
         self._blobs = self.root / "blobs"
         self._uploads = self.root / "uploads"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._uploads.mkdir(parents=True, exist_ok=True)
+        self._trash = self.root / "trash"
+        for directory in (self._blobs, self._uploads, self._trash):
+            directory.mkdir(parents=True, exist_ok=True)
         self._hashes: dict[str, _HashState] = {}
         self._hashes_lock = threading.Lock()
 
@@ -156,6 +174,37 @@ class BlobStore:
                 for entry in prefix.iterdir():
                     yield Digest(algorithm_dir.name, entry.name)
 
+    # -- removal in two steps, for garbage collection ----------------------------------------------------------
+
+    def trash(self, digest: Digest) -> bool:
+        """Move a blob out of sight (inside the metadata transaction that forgets it); `empty_trash` after commit.
+
+        If the process dies between the two, `recover_trash` puts back what the database still knows.
+        """
+        try:
+            os.replace(self.blob_path(digest), self._trash / f"{digest.algorithm}-{digest.hex}")
+            return True
+        except FileNotFoundError:
+            return False
+
+    def empty_trash(self) -> None:
+        for entry in self._trash.iterdir():
+            entry.unlink(missing_ok=True)
+
+    def recover_trash(self, known: Callable[[str], bool]) -> tuple[int, int]:
+        """After a crash: restore trashed blobs the database still records, delete the rest. (restored, deleted)"""
+        restored = deleted = 0
+        for entry in self._trash.iterdir():
+            algorithm, _, hex_ = entry.name.partition("-")
+            digest = Digest(algorithm, hex_)
+            if known(str(digest)):
+                self._install(entry, digest)
+                restored += 1
+            else:
+                entry.unlink(missing_ok=True)
+                deleted += 1
+        return restored, deleted
+
     # -- upload sessions -----------------------------------------------------------------------------------------
 
     def new_upload(self) -> str:
@@ -187,8 +236,39 @@ class BlobStore:
         except FileNotFoundError:
             pass
 
-    def upload_ids(self) -> list[str]:
-        return [p.name for p in self._uploads.iterdir()]
+    def try_remove_upload(self, upload_id: str, forget: Callable[[], None]) -> bool:
+        """Remove an idle session unless a request holds it right now; `forget` drops its record first."""
+        try:
+            fh = open(self._upload_path(upload_id), "r+b", buffering=0)
+        except FileNotFoundError:
+            forget()
+            return True
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            forget()
+            self.remove_upload(upload_id)
+            return True
+
+    def remove_orphan_uploads(self, known: Callable[[str], bool], min_age: float = 60.0) -> int:
+        """Upload files no session records (a worker killed mid-request, or a monolithic upload's temp file):
+        removed when no request holds their lock and they are older than `min_age` seconds (a session's file
+        exists a moment before its record)."""
+        removed = 0
+        now = time.time()
+        for path in self._uploads.iterdir():
+            try:
+                if now - path.stat().st_mtime < min_age or known(path.name):
+                    continue
+                with open(path, "rb", buffering=0) as fh:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+                    removed += 1
+            except (FileNotFoundError, BlockingIOError):
+                continue
+        return removed
 
     def ingest(self, source: "Source", digest: Digest) -> CommittedBlob:
         """A whole blob in one call (monolithic upload): stream, verify, install."""

@@ -312,6 +312,48 @@ def registry(request):
 
 
 @pytest.fixture
+def start_dockyard(tmp_path_factory):
+    """Start extra `dockyard serve` processes of a test's own (own data dir, config, worker count); all are
+    stopped at the end of the test. `start_dockyard(data=None, config=None, workers=2) -> Registry`."""
+    started: list[Registry] = []
+
+    def start(data: Path | None = None, config: str | None = None, workers: int = 2) -> Registry:
+        workdir = tmp_path_factory.mktemp("dockyard")
+        data = data or workdir / "data"
+        port = free_port()
+        argv = [need("dockyard"), "serve", "--bind", f"127.0.0.1:{port}", "--data", str(data),
+                "--workers", str(workers)]
+        if config is not None:
+            (workdir / "dockyard.toml").write_text(config)
+            argv += ["--config", str(workdir / "dockyard.toml")]
+        log_path = workdir / "server.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=workdir, start_new_session=True)
+        server = Registry("dockyard", port, proc, log_path)
+        started.append(server)
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"dockyard serve exited with {proc.returncode}:\n{server.log_since(0)}", pytrace=False)
+            try:
+                if server.request("GET", "/v2/", timeout=2).status_code in (200, 401):
+                    return server
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"dockyard serve did not answer within 60s:\n{server.log_since(0)}", pytrace=False)
+            time.sleep(0.1)
+
+    yield start
+    complaints = [stop_process(server.proc, "dockyard serve") for server in started]
+    for server in started:
+        server.close()
+    complaints = [c for c in complaints if c]
+    assert not complaints, complaints
+
+
+@pytest.fixture
 def repo(request):
     """A repository name of this test's own: e2e/<test name>-<random>."""
     name = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40]

@@ -1,0 +1,397 @@
+"""Who you are (htpasswd basic auth, bearer tokens) and what you may do (access rules): the `auth` middleware.
+
+`process_request` authenticates: wrong credentials are a 401 at once; no credentials make the caller anonymous.
+`process_resource` authorizes what the routed request needs (`access.required_access`): an anonymous caller who
+may not is asked to authenticate (401 with a challenge naming the exact scope), an authenticated one gets 403
+DENIED. On `_catalog` it hands the catalog a filter (`req.context.visible_repository`); on a cross-repository
+mount whose source the caller may not pull, it drops `mount`/`from`, so the POST opens an ordinary upload session.
+
+In token mode the challenge is `Bearer realm=...,service=...,scope=...` and `TokenResource` (at `/auth/token`)
+issues short-lived JWTs granting only what the rules allow. The identity travels on `req.context.user`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import falcon
+import jwt
+
+from dockyard.server.errors import Denied, Unauthorized, Unsupported
+
+from . import MiddlewareContext, Options
+from .access import ACTIONS, DELETE, PULL, PUSH, Access, required_access
+from .htpasswd import Htpasswd
+from .tokens import TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, load_or_create_key, parse_scopes
+
+log = logging.getLogger("dockyard.auth")
+
+TOKEN_PATH = "/auth/token"
+MAX_FORM = 64 * 1024
+
+
+@dataclass
+class Rule:
+    users: frozenset
+    groups: frozenset
+    repositories: tuple[str, ...]
+    actions: frozenset
+
+
+class Rules:
+    """Per user and group, per repository glob (`*` spans `/`; `{user}` stands for the caller's name), the
+    actions pull/push/delete. Anonymous callers may pull what `anonymous_pull` matches, and so may everyone
+    else. Admins may do everything, including the admin API."""
+
+    def __init__(self, rules: list[Rule], *, groups: dict[str, frozenset] | None = None,
+                 admins: frozenset = frozenset(), admin_groups: frozenset = frozenset(),
+                 anonymous_pull: tuple[str, ...] = ()):
+        self.rules = rules
+        self.groups = groups or {}
+        self.admins = admins
+        self.admin_groups = admin_groups
+        self.anonymous_pull = anonymous_pull
+
+    def groups_of(self, user: str) -> set[str]:
+        return {group for group, members in self.groups.items() if user in members}
+
+    def is_admin(self, user: str | None) -> bool:
+        return user is not None and (user in self.admins or bool(self.groups_of(user) & self.admin_groups))
+
+    def allowed(self, user: str | None, repository: str) -> set[str]:
+        if self.is_admin(user):
+            return set(ACTIONS)
+        actions = set()
+        if any(fnmatch.fnmatchcase(repository, p) for p in self.anonymous_pull):
+            actions.add(PULL)
+        if user is None:
+            return actions
+        groups = self.groups_of(user)
+        for rule in self.rules:
+            if "*" in rule.users or user in rule.users or groups & rule.groups:
+                if any(fnmatch.fnmatchcase(repository, p.replace("{user}", user)) for p in rule.repositories):
+                    actions |= rule.actions
+        return actions
+
+    def may_list_catalog(self, user: str | None) -> bool:
+        return user is not None or bool(self.anonymous_pull)
+
+
+@dataclass
+class Identity:
+    user: str | None = None
+    # For bearer tokens: what the token grants (all it may do), and whether Dockyard issued it.
+    grants: dict | None = None
+    own_token: bool = True
+    scheme: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(header.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep and user else None
+
+
+class AuthMiddleware:
+    def __init__(self, rules: Rules, *, htpasswd: Htpasswd | None = None, realm: str = "Dockyard",
+                 issuer: TokenIssuer | None = None, verifier: TokenVerifier | None = None,
+                 token_realm: str = "", token_path: str = TOKEN_PATH):
+        self.rules = rules
+        self.htpasswd = htpasswd
+        self.realm = realm
+        self.issuer = issuer
+        self.verifier = verifier
+        self.token_mode = verifier is not None
+        self.token_realm = token_realm
+        self.token_path = token_path
+
+    # -- construction from the config file -------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, options: Options, context: MiddlewareContext) -> "AuthMiddleware":
+        htpasswd_path = options.get("htpasswd", str, "")
+        cache_seconds = options.number("cache_seconds", 60)
+        groups = {}
+        for group, members in options.get("groups", dict, {}).items():
+            if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                raise options.error(f"groups.{group}", "expected a list of user names")
+            groups[group] = frozenset(members)
+        rules = []
+        for i, raw in enumerate(options.get("rules", list, [])):
+            if not isinstance(raw, dict):
+                raise options.error(f"rules[{i}]", "expected a table")
+            sub = Options(options.entry, raw, prefix=f"rules[{i}].")
+            rule = Rule(frozenset(sub.strings("users")), frozenset(sub.strings("groups")),
+                        sub.strings("repositories", ()), frozenset(sub.strings("actions", ())))
+            bad = rule.actions - set(ACTIONS) - {"*"}
+            if bad:
+                raise sub.error("actions", f"unknown action(s) {', '.join(sorted(bad))} (pull, push, delete, *)")
+            if "*" in rule.actions:
+                rule.actions = frozenset(ACTIONS)
+            if not rule.repositories:
+                raise sub.error("repositories", "is required")
+            unknown_groups = rule.groups - set(groups)
+            if unknown_groups:
+                raise sub.error("groups", f"unknown group(s) {', '.join(sorted(unknown_groups))}")
+            sub.finish()
+            rules.append(rule)
+        anonymous = options.get("anonymous_pull", (list, bool), [])
+        if isinstance(anonymous, bool):
+            anonymous = ["*"] if anonymous else []
+        elif not all(isinstance(p, str) for p in anonymous):
+            raise options.error("anonymous_pull", "expected true, false or a list of repository patterns")
+        access_rules = Rules(rules, groups=groups, admins=frozenset(options.strings("admins")),
+                             admin_groups=frozenset(options.strings("admin_groups")),
+                             anonymous_pull=tuple(anonymous))
+        htpasswd = None
+        if htpasswd_path:
+            path = Path(htpasswd_path)
+            if not path.exists():
+                raise options.error("htpasswd", f"file {htpasswd_path!r} not found "
+                                    "(create it with: dockyard user add NAME --htpasswd FILE)")
+            htpasswd = Htpasswd(path, cache_seconds=cache_seconds)
+        realm = options.get("realm", str, "Dockyard")
+        token = options.get("token", dict, None)
+        issuer = verifier = None
+        token_realm, token_path = "", TOKEN_PATH
+        if token is not None:
+            issuer, verifier, token_realm, token_path = cls._token_config(
+                Options(options.entry, token, prefix="token."), context)
+        elif htpasswd is None:
+            raise options.error("htpasswd", "is required unless token authentication is configured")
+        return cls(access_rules, htpasswd=htpasswd, realm=realm, issuer=issuer, verifier=verifier,
+                   token_realm=token_realm, token_path=token_path)
+
+    @staticmethod
+    def _token_config(options: Options, context: MiddlewareContext):
+        algorithm = options.get("algorithm", str, "ES256")
+        if algorithm not in ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512"):
+            raise options.error("algorithm", f"must be ES256, ES384, ES512, RS256, RS384 or RS512, got {algorithm!r}")
+        service = options.get("service", str, "dockyard")
+        issuer_name = options.get("issuer", str, "dockyard")
+        expires_in = int(options.number("expires_in", 300, minimum=10))
+        key_path = options.get("key", str, "")
+        realm = options.get("realm", str, "")
+        path = options.get("path", str, TOKEN_PATH)
+        if not path.startswith("/") or path.startswith("/v2/"):
+            raise options.error("path", "must be an absolute path outside /v2/")
+        issue = options.get("issue", bool, True)
+        try:
+            key = load_or_create_key(Path(key_path) if key_path else context.data_path / "auth" / "token-key.pem",
+                                     algorithm) if issue else None
+        except (OSError, ValueError, TypeError) as exc:
+            raise options.error("key", f"cannot load the private key: {exc}") from None
+        own = TokenIssuer(key, algorithm=algorithm, issuer=issuer_name, service=service, expires_in=expires_in,
+                          clock=context.clock or time.time) if key is not None else None
+        trusted = []
+        for i, raw in enumerate(options.get("trusted_issuers", list, [])):
+            if not isinstance(raw, dict):
+                raise options.error(f"trusted_issuers[{i}]", "expected a table")
+            sub = Options(options.entry, raw, prefix=f"{options.prefix}trusted_issuers[{i}].")
+            name, audience = sub.get("issuer", str), sub.get("audience", str, service)
+            public_key, jwks = sub.get("public_key", str, ""), sub.get("jwks", str, "")
+            sub.finish()
+            if bool(public_key) == bool(jwks):
+                raise sub.error("public_key", "give exactly one of public_key (PEM file) and jwks (JWKS file)")
+            try:
+                trusted.append(TrustedIssuer.load(name, audience, public_key, jwks))
+            except (OSError, ValueError, jwt.PyJWKError) as exc:
+                raise sub.error("jwks" if jwks else "public_key", f"cannot load: {exc}") from None
+        options.finish()
+        return own, TokenVerifier(own, trusted), realm, path
+
+    def routes(self):
+        if self.issuer is not None:
+            yield self.token_path, TokenResource(self)
+
+    # -- authentication --------------------------------------------------------------------------------------
+
+    def check_password(self, user: str, password: str) -> bool:
+        return self.htpasswd is not None and self.htpasswd.verify(user, password)
+
+    def challenge(self, req: falcon.Request, access: Access | None, error: str = "") -> str:
+        if not self.token_mode:
+            return f'Basic realm="{self.realm}"'
+        realm = self.token_realm or f"{req.prefix}{self.token_path}"
+        service = self.issuer.service if self.issuer else next(iter(self.verifier.trusted.values())).audience
+        value = f'Bearer realm="{realm}",service="{service}"'
+        scope = access.scope if access else None
+        if scope:
+            value += f',scope="{scope}"'
+        if error:
+            value += f',error="{error}"'
+        return value
+
+    def unauthorized(self, req: falcon.Request, access: Access | None, reason: str, error: str = "") -> Unauthorized:
+        detail = {"reason": reason}
+        if access is not None and access.scope:
+            detail["scope"] = access.scope
+        return Unauthorized(detail, headers={"WWW-Authenticate": self.challenge(req, access, error)})
+
+    def authenticate(self, req: falcon.Request) -> Identity:
+        header = req.get_header("Authorization")
+        if not header:
+            return Identity()
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            credentials = _basic_credentials(value)
+            if credentials is None or not self.check_password(*credentials):
+                raise self.unauthorized(req, None, "invalid username or password")
+            return Identity(credentials[0], scheme="basic")
+        if scheme == "bearer" and self.verifier is not None:
+            try:
+                claims, own = self.verifier.verify(value.strip())
+            except jwt.InvalidTokenError as exc:
+                raise self.unauthorized(req, None, f"invalid token: {type(exc).__name__}",
+                                        error="invalid_token") from None
+            return Identity(claims.get("sub") or None, grants=granted_actions(claims), own_token=own,
+                            scheme="bearer")
+        raise self.unauthorized(req, None, f"unsupported authorization scheme {scheme[:20]!r}")
+
+    # -- authorization ---------------------------------------------------------------------------------------
+
+    def permits(self, identity: Identity, access: Access) -> bool:
+        """Whether the identity may do what `access` asks (rules for basic/anonymous; token grants for bearer)."""
+        if access.kind in ("public", "login"):
+            return access.kind == "public" or identity.user is not None or identity.grants is not None
+        if identity.grants is not None:
+            granted = identity.grants.get(self._grant_key(access), set())
+            if "*" in granted:
+                return True
+            return all(action in granted for action in access.actions) if access.kind == "repository" \
+                else False
+        if access.kind == "admin":
+            return self.rules.is_admin(identity.user)
+        if access.kind == "catalog":
+            return self.rules.may_list_catalog(identity.user)
+        return set(access.actions) <= self.rules.allowed(identity.user, access.name)
+
+    @staticmethod
+    def _grant_key(access: Access) -> tuple[str, str]:
+        if access.kind == "repository":
+            return ("repository", access.name)
+        return ("registry", "catalog" if access.kind == "catalog" else "admin")
+
+    def authorize(self, req: falcon.Request, identity: Identity, access: Access) -> None:
+        if self.permits(identity, access):
+            return
+        if identity.user is None:  # no credentials, or an anonymous token: ask for credentials
+            raise self.unauthorized(req, access, "authentication required")
+        if identity.grants is not None and (not identity.own_token or self.permits(Identity(identity.user), access)):
+            # A valid token without this scope, for an action the rules allow (or an external issuer's, where we
+            # cannot know): the client should fetch a token for the scope in the challenge.
+            raise self.unauthorized(req, access, "the token does not grant this scope", "insufficient_scope")
+        raise Denied({"scope": access.scope} if access.scope else None,
+                     headers={"WWW-Authenticate": self.challenge(req, access, "insufficient_scope")}
+                     if self.token_mode else None)
+
+    def may_pull(self, identity: Identity, repository: str) -> bool:
+        return self.permits(identity, Access("repository", repository, (PULL,)))
+
+    def catalog_filter(self, identity: Identity):
+        if identity.grants is not None and not identity.own_token:
+            return None  # an external issuer granted the catalog scope: the whole catalog
+        user = identity.user
+        if self.rules.is_admin(user):
+            return None
+        return lambda name: PULL in self.rules.allowed(user, name)
+
+    # -- Falcon middleware -----------------------------------------------------------------------------------
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path == self.token_path:
+            return  # the token endpoint checks its own credentials
+        identity = self.authenticate(req)
+        req.context.identity = identity
+        req.context.user = identity.user
+        if req.path.startswith("/v2/_dockyard"):
+            # Guarded here, before routing, so an admin path is never reachable without the role.
+            access = required_access(req.method, req.path, None, {})
+            self.authorize(req, identity, access)
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params: dict) -> None:
+        identity = req.context.get("identity")
+        if identity is None:
+            return
+        access = required_access(req.method, req.path, req.uri_template, params)
+        self.authorize(req, identity, access)
+        if access.kind == "catalog":
+            req.context.visible_repository = self.catalog_filter(identity)
+        elif req.method == "POST" and req.get_param("mount") and req.get_param("from"):
+            if not self.may_pull(identity, req.get_param("from")):
+                # No pull on the source: no mount, but the push goes on with an ordinary upload session.
+                req.params.pop("mount", None)
+                req.params.pop("from", None)
+
+
+class TokenResource:
+    """The token endpoint: `GET ?service=&scope=&account=` with optional basic credentials (docker, podman,
+    skopeo) or `POST` form with `grant_type=password` (OAuth2 style). Answers `token`, `access_token`,
+    `expires_in`, `issued_at`; grants each requested scope only the actions the rules allow."""
+
+    def __init__(self, auth: AuthMiddleware):
+        self.auth = auth
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        header = req.get_header("Authorization")
+        user = None
+        if header:
+            scheme, _, value = header.partition(" ")
+            credentials = _basic_credentials(value) if scheme.lower() == "basic" else None
+            if credentials is None or not self.auth.check_password(*credentials):
+                raise self._refused(req)
+            user = credentials[0]
+        self._answer(req, resp, user, req.get_param("service"), req.get_param_as_list("scope") or [])
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        length = req.content_length or 0
+        if length > MAX_FORM:
+            raise Unsupported({"reason": "form too large"}, status=413)
+        form = parse_qs(req.bounded_stream.read(length).decode("utf-8", "replace"), keep_blank_values=True)
+        grant_type = (form.get("grant_type") or [""])[0]
+        if grant_type != "password":
+            raise Unsupported({"grant_type": grant_type[:40], "reason": "only grant_type=password is supported"},
+                              status=400, message="unsupported grant type")
+        user, password = (form.get("username") or [""])[0], (form.get("password") or [""])[0]
+        if not user or not self.auth.check_password(user, password):
+            raise self._refused(req)
+        self._answer(req, resp, user, (form.get("service") or [None])[0], form.get("scope") or [])
+
+    def _refused(self, req: falcon.Request) -> Unauthorized:
+        return Unauthorized({"reason": "invalid username or password"},
+                            headers={"WWW-Authenticate": f'Basic realm="{self.auth.realm}"'})
+
+    def _answer(self, req, resp, user: str | None, service: str | None, scopes: list[str]) -> None:
+        issuer = self.auth.issuer
+        if service and service != issuer.service:
+            raise Unsupported({"service": service[:100], "reason": f"this token server serves {issuer.service!r}"},
+                              status=400, message="unknown service")
+        req.context.user = user
+        rules = self.auth.rules
+        access = []
+        for scope in parse_scopes(scopes):
+            if scope.type == "repository":
+                allowed = rules.allowed(user, scope.name)
+                wanted = set(ACTIONS) if "*" in scope.actions else set(scope.actions)
+                access.append({"type": "repository", "name": scope.name,
+                               "actions": [a for a in (PULL, PUSH, DELETE) if a in wanted & allowed]})
+            elif scope.type == "registry" and scope.name == "catalog":
+                access.append({"type": "registry", "name": "catalog",
+                               "actions": ["*"] if rules.may_list_catalog(user) else []})
+            elif scope.type == "registry" and scope.name == "admin":
+                access.append({"type": "registry", "name": "admin", "actions": ["*"] if rules.is_admin(user) else []})
+        resp.media = issuer.issue(user, access)
+        resp.set_header("Cache-Control", "no-store")
+

@@ -1,0 +1,137 @@
+"""htpasswd files with bcrypt hashes: the format `htpasswd -B` writes and the reference registry reads.
+
+`Htpasswd` verifies passwords and re-reads its file when the file changes (checked on every verification: one
+stat). bcrypt is slow on purpose (tens of milliseconds a check), and a push sends hundreds of requests with the same
+basic credentials, so a *successful* check is remembered for `cache_seconds`, keyed by an HMAC of the user and
+password under a per-process random key (the password itself is never kept). The entry is only used while the
+user's hash in the file is still the one it was verified against: a changed password or a removed user takes
+effect at once. Failures are never cached. `write_users` rewrites a file atomically for `dockyard user`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import bcrypt
+
+log = logging.getLogger("dockyard.auth")
+
+BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
+CACHE_LIMIT = 10000
+# Compared against when the user is unknown, so a wrong user name costs as much as a wrong password.
+_DUMMY_HASH = bcrypt.hashpw(b"dockyard", bcrypt.gensalt(rounds=10))
+
+
+def parse(text: str, source: str = "htpasswd") -> dict[str, bytes]:
+    """user -> bcrypt hash. Lines that are blank, comments or not bcrypt are skipped with a warning."""
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user or not hashed.startswith(BCRYPT_PREFIXES):
+            log.warning("%s line %d: not a user:bcrypt-hash entry, ignored (only bcrypt, htpasswd -B, is "
+                        "accepted)", source, number)
+            continue
+        users[user] = hashed.encode()
+    return users
+
+
+def hash_password(password: str, rounds: int = 10) -> str:
+    # htpasswd -B writes $2y$; bcrypt writes $2b$ (the same algorithm): keep the htpasswd spelling.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+    return "$2y$" + hashed[4:]
+
+
+def read_users(path: str | os.PathLike) -> dict[str, str]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return {}
+    return {user: hashed.decode() for user, hashed in parse(text, str(path)).items()}
+
+
+def write_users(path: str | os.PathLike, users: dict[str, str]) -> None:
+    """Replace the file atomically (temp file in the same directory, fsync, rename), mode 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write("".join(f"{user}:{hashed}\n" for user, hashed in sorted(users.items())))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class Htpasswd:
+    def __init__(self, path: str | os.PathLike, *, cache_seconds: float = 60,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path = Path(path)
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._users: dict[str, bytes] = {}
+        self._cache: dict[bytes, tuple[bytes, float]] = {}
+        self._key = secrets.token_bytes(32)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            if stamp is None:
+                log.warning("htpasswd file %s does not exist: no user can log in", self.path)
+                users = {}
+            else:
+                users = parse(self.path.read_text(), str(self.path))
+            self._users, self._stamp = users, stamp
+            self._cache.clear()
+
+    def users(self) -> list[str]:
+        self._refresh()
+        return sorted(self._users)
+
+    def verify(self, user: str, password: str) -> bool:
+        self._refresh()
+        hashed = self._users.get(user)
+        key = hmac.new(self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256).digest()
+        now = self._clock()
+        cached = self._cache.get(key)
+        if hashed is not None and cached is not None and cached[1] > now and hmac.compare_digest(cached[0], hashed):
+            return True
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+        except ValueError:  # a malformed hash in the file
+            ok = False
+        if ok and hashed is not None:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = (hashed, now + self.cache_seconds)
+            return True
+        return False

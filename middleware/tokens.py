@@ -1,0 +1,163 @@
+"""Bearer tokens of the Docker token-authentication flow: scopes, issuing signed JWTs, verifying them.
+
+Dockyard's own tokens are ES256 (or RS256) JWTs signed with a key from the config or, by default, one generated
+into `<data>/auth/token-key.pem` on first start. Generation is atomic (`link(2)` of a complete temp file), so
+workers starting at once agree on one key. Tokens carry the distribution claims: `iss`, `sub`, `aud` (the
+service), `exp`, `nbf`, `iat`, `jti` and `access`: `[{"type", "name", "actions"}]`.
+
+Tokens of an external issuer are accepted when it is configured (issuer, audience, and a PEM public key or a JWKS
+file), so Dockyard can sit behind an existing token server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"]
+LEEWAY = 30  # seconds of clock skew tolerated between issuer and registry
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    type: str
+    name: str
+    actions: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.name}:{','.join(self.actions)}"
+
+
+def parse_scopes(values: list[str]) -> list[Scope]:
+    """`repository:library/app:pull,push` entries; several may share one value, space-separated. Malformed
+    entries are ignored, as the reference token servers do."""
+    scopes = []
+    for value in values:
+        for text in value.split():
+            kind, sep, rest = text.partition(":")
+            name, sep2, actions = rest.rpartition(":")
+            if not (sep and sep2 and kind and name):
+                continue
+            kind = kind.split("(", 1)[0]  # repository(plugin) -> repository
+            scopes.append(Scope(kind, name, tuple(a for a in actions.split(",") if a)))
+    return scopes
+
+
+def load_or_create_key(path: Path, algorithm: str):
+    """The private key at `path`; created if missing, atomically, so concurrent starters agree on one key."""
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        pass
+    key = rsa.generate_private_key(65537, 2048) if algorithm.startswith(("RS", "PS")) else \
+        ec.generate_private_key({"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(),
+                                 "ES512": ec.SECP521R1()}[algorithm])
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".token-key.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process won the race: then use its key
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    return serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+
+@dataclass
+class TrustedIssuer:
+    issuer: str
+    audience: str
+    public_key: object = None
+    jwks: jwt.PyJWKSet | None = None
+    algorithms: list = field(default_factory=lambda: list(ASYMMETRIC))
+
+    def key_for(self, token: str):
+        if self.jwks is None:
+            return self.public_key
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self.jwks.keys:
+            if kid is None or key.key_id == kid:
+                return key.key
+        raise jwt.InvalidTokenError("no key in the JWKS file matches the token's kid")
+
+    @classmethod
+    def load(cls, issuer: str, audience: str, public_key: str = "", jwks: str = "") -> "TrustedIssuer":
+        if jwks:
+            return cls(issuer, audience, jwks=jwt.PyJWKSet.from_json(Path(jwks).read_text()))
+        return cls(issuer, audience, public_key=serialization.load_pem_public_key(Path(public_key).read_bytes()))
+
+
+class TokenIssuer:
+    def __init__(self, private_key, *, algorithm: str, issuer: str, service: str, expires_in: int,
+                 clock: Callable[[], float] = time.time):
+        self.private_key = private_key
+        self.public_key = private_key.public_key()
+        self.algorithm = algorithm
+        self.issuer = issuer
+        self.service = service
+        self.expires_in = expires_in
+        self._clock = clock
+
+    def issue(self, subject: str | None, access: list[dict]) -> dict:
+        now = int(self._clock())
+        claims = {"iss": self.issuer, "sub": subject or "", "aud": self.service, "exp": now + self.expires_in,
+                  "nbf": now - 1, "iat": now, "jti": secrets.token_hex(16), "access": access}
+        token = jwt.encode(claims, self.private_key, algorithm=self.algorithm)
+        issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        return {"token": token, "access_token": token, "expires_in": self.expires_in, "issued_at": issued}
+
+
+class TokenVerifier:
+    """Checks a bearer token against Dockyard's own key and the trusted issuers; returns its claims and whether
+    Dockyard issued it. Any failure is `jwt.InvalidTokenError`."""
+
+    def __init__(self, own: TokenIssuer | None, trusted: list[TrustedIssuer]):
+        self.own = own
+        self.trusted = {t.issuer: t for t in trusted}
+
+    def verify(self, token: str) -> tuple[dict, bool]:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        issuer = unverified.get("iss")
+        options = {"require": ["exp", "iss", "aud"]}
+        if self.own is not None and issuer == self.own.issuer:
+            claims = jwt.decode(token, self.own.public_key, algorithms=[self.own.algorithm],
+                                audience=self.own.service, issuer=self.own.issuer, leeway=LEEWAY, options=options)
+            return claims, True
+        trusted = self.trusted.get(issuer)
+        if trusted is None:
+            raise jwt.InvalidIssuerError("token from an issuer this registry does not trust")
+        claims = jwt.decode(token, trusted.key_for(token), algorithms=trusted.algorithms,
+                            audience=trusted.audience, issuer=trusted.issuer, leeway=LEEWAY, options=options)
+        return claims, False
+
+
+def granted_actions(claims: dict) -> dict[tuple[str, str], set[str]]:
+    """(type, name) -> actions, from a token's `access` claim."""
+    grants: dict[tuple[str, str], set[str]] = {}
+    for entry in claims.get("access") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            actions = entry.get("actions") or []
+            grants.setdefault((str(entry.get("type")), entry["name"]), set()).update(
+                a for a in actions if isinstance(a, str))
+    return grants
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,112 @@
+"""Dockyard's admin API under `/v2/_dockyard/`: repositories with their storage use, tag details, repository
+delete, garbage collection, storage totals and maintenance mode. JSON like the rest of the API; errors in the
+spec's shape. Repository names can never start with `_`, so the prefix cannot collide with a repository.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import falcon
+
+from ..errors import NameUnknown, Unsupported
+from .base import Resource, pagination, set_next_link
+
+PREFIX = "/v2/_dockyard"
+
+
+def _json_body(req: falcon.Request) -> dict:
+    if not req.content_length:
+        return {}
+    try:
+        body = json.loads(req.bounded_stream.read(64 * 1024) or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Unsupported({"reason": "the body must be a JSON object"}, status=400) from None
+    if not isinstance(body, dict):
+        raise Unsupported({"reason": "the body must be a JSON object"}, status=400)
+    return body
+
+
+def _option(body: dict, req: falcon.Request, key: str, kind: type, default):
+    """An option from the JSON body, else the query string, else the default; 400 when ill-typed."""
+    value = body.get(key, req.get_param(key))
+    if value is None:
+        return default
+    if kind is bool and isinstance(value, str) and value.lower() in ("1", "true", "0", "false"):
+        return value.lower() in ("1", "true")
+    if kind is int and isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, kind) and not (kind is int and (isinstance(value, bool) or value < 0)):
+        return value
+    raise Unsupported({key: value, "expected": kind.__name__}, status=400, message=f"invalid {key}")
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class RepositoriesResource(Resource):
+    """GET: repositories (those holding manifests) with tag and manifest counts and bytes unique and shared."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        maximum = self.registry.config.page_size_max
+        n, last = pagination(req, default=100, maximum=min(maximum, 1000))
+        page, more = self.registry.metadata.repository_page(n, last)
+        if more and page:
+            set_next_link(resp, f"{PREFIX}/repositories", n, page[-1]["name"])
+        resp.media = {"repositories": page}
+
+
+class RepositoryResource(Resource):
+    """DELETE: the repository leaves the catalog; its blobs go at the next GC unless another repository uses them."""
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.status = falcon.HTTP_202
+        resp.media = self.registry.delete_repository(name)
+
+
+class RepositoryTagsResource(Resource):
+    """GET: tags with digest, media type, pulled size and last push time, sorted by tag, paginated."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        n, last = pagination(req, default=1000, maximum=self.registry.config.page_size_max)
+        page = self.registry.metadata.tag_details(name, n, last)
+        if page is None:
+            raise NameUnknown({"name": name})
+        tags, more = page
+        for tag in tags:
+            tag["updated_at"] = _rfc3339(tag["updated_at"])
+        if more and tags:
+            set_next_link(resp, f"{PREFIX}/repositories/{name}/tags", n, tags[-1]["tag"])
+        resp.media = {"name": name, "tags": tags}
+
+
+class GcResource(Resource):
+    """POST: run garbage collection now; the report says what went (or would go, with dry_run) and bytes freed."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = _json_body(req)
+        report = self.registry.gc.run(
+            dry_run=_option(body, req, "dry_run", bool, False),
+            grace=_option(body, req, "grace_seconds", int, self.registry.config.gc_grace),
+            delete_untagged=_option(body, req, "delete_untagged", bool, False))
+        resp.media = report.to_dict()
+
+
+class StorageResource(Resource):
+    """GET: registry totals and per-repository bytes unique to it and shared with others."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.registry.metadata.storage_totals()
+
+
+class ReadOnlyResource(Resource):
+    """GET/PUT `{"read_only": bool}`: maintenance mode for every worker, without a restart."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"read_only": self.registry.read_only()}
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.registry.set_read_only(_option(_json_body(req), req, "read_only", bool, True))
+        resp.media = {"read_only": self.registry.read_only()}
