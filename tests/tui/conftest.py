@@ -1,0 +1,164 @@
+"""Fixtures for registry-tui: a real `dockyard serve` or reference registry per test (each starts in well under
+a second, and a test that deletes and collects garbage needs a registry of its own), seeded over the HTTP API,
+and helpers to drive the app with Pilot and read what the screen shows.
+
+In CI (CI=true) a missing server binary fails the test; elsewhere it skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from rich.console import Console
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+FIXED_NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+
+REFERENCE_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        reason = f"`{tool}` is not on PATH"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: a missing tool is a failure)", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+@dataclass
+class Server:
+    kind: str
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+def start(kind: str, argv: list, workdir: Path, port: int) -> Server:
+    log = workdir / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True)
+    server = Server(kind, f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{kind} exited with {proc.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+        try:
+            if httpx.get(f"{server.url}/v2/", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop(server)
+            pytest.fail(f"{kind} did not answer GET /v2/ within 30s:\n{log.read_text()[-3000:]}", pytrace=False)
+        time.sleep(0.05)
+
+
+def stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def dockyard(tmp_path):
+    """A `dockyard serve` of this test's own: one worker, a fresh data directory."""
+    port = free_port()
+    server = start("dockyard", [need("dockyard"), "serve", "--bind", f"127.0.0.1:{port}", "--data",
+                                tmp_path / "data", "--workers", "1"], tmp_path, port)
+    yield server
+    stop(server)
+
+
+@pytest.fixture
+def reference(tmp_path):
+    """The reference registry (Distribution 2.8.2, `docker-registry`) with filesystem storage and deletes on."""
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not Path(binary).exists():
+        need("docker-registry")
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(REFERENCE_CONFIG.format(root=tmp_path / "data", port=port))
+    server = start("reference", [binary, "serve", config], tmp_path, port)
+    yield server
+    stop(server)
+
+
+# -- driving the app ---------------------------------------------------------------------------------------------
+
+
+async def settle(pilot, timeout: float = 15) -> None:
+    """Wait until every worker has finished and the messages they posted have been handled."""
+    from textual.worker import WorkerState
+    deadline = time.monotonic() + timeout
+    while True:
+        await pilot.pause()
+        busy = [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+        if not busy:
+            await pilot.pause()
+            await pilot.pause()
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers still running after {timeout}s: {busy}")
+        await asyncio.sleep(0.02)
+
+
+def screen_text(app) -> str:
+    """What the terminal shows, as plain text (the same render as a screenshot)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True,
+                      legacy_windows=False, color_system="truecolor")
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+def run_app(app, scenario, size=(80, 24)):
+    """Run `scenario(pilot)` against `app` at `size` in a headless terminal."""
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            await scenario(pilot)
+    asyncio.run(main())
+
+
+@pytest.fixture
+def fixed_clock():
+    return lambda: FIXED_NOW

@@ -1,0 +1,117 @@
+"""The retention planner: which tags the rules pick, and the bytes a deletion frees, shared layers counted right."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from dockyard.tui.client import RegistryClient, RepositoryStats
+from dockyard.tui.images import Footprint, Inventory, TagRow, load_tags
+from dockyard.tui.retention import Rules, blobs_held_elsewhere, plan, select
+from fakeregistry import FakeRegistry
+from seed import LAYERS, seed
+
+NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+
+
+def days_ago(n: float) -> datetime:
+    return NOW - timedelta(days=n)
+
+
+TAGS = [TagRow("v1", pushed=days_ago(40)), TagRow("v2", pushed=days_ago(20)), TagRow("v3", pushed=days_ago(5)),
+        TagRow("pr-1", pushed=days_ago(30)), TagRow("pr-2", pushed=days_ago(1)), TagRow("nodate")]
+
+
+@pytest.mark.parametrize("rules, doomed", [
+    (Rules(), []),
+    (Rules(keep_newest=2), ["nodate", "pr-1", "v1", "v2"]),
+    (Rules(older_than_days=10), ["pr-1", "v1", "v2"]),
+    (Rules(keep_newest=1, older_than_days=10), ["pr-1", "v1", "v2"]),
+    (Rules(keep_newest=4, older_than_days=10), ["v1"]),
+    (Rules(pattern="pr-*"), ["pr-1", "pr-2"]),
+    (Rules(pattern="pr-*", keep_newest=1), ["pr-1"]),
+    (Rules(pattern="v*", older_than_days=25), ["v1"]),
+    (Rules(keep_newest=0, pattern="nomatch*"), []),
+])
+def test_rules_select_tags(rules, doomed):
+    assert select(TAGS, rules, NOW) == doomed
+
+
+def fp(digest: str, blobs: dict, manifest_bytes: int = 100, children=()) -> Footprint:
+    return Footprint(digest, "application/vnd.oci.image.manifest.v1+json", manifest_bytes, dict(blobs),
+                     list(children))
+
+
+def test_shared_layers_free_nothing_while_a_kept_manifest_uses_them():
+    footprints = {"m1": fp("m1", {"base": 1000, "l1": 10}), "m2": fp("m2", {"base": 1000, "l2": 20}),
+                  "m3": fp("m3", {"l3": 30})}
+    tags = {"a": "m1", "b": "m2", "b-alias": "m2", "c": "m3"}
+    p = plan("r", tags, footprints, ["a", "b"])
+    # m2 keeps its other tag: only the tag goes; m1 goes; base stays because m2 still uses it
+    assert p.manifests == ["m1"] and p.untag == ["b"]
+    assert p.blobs == {"l1": 10} and p.bytes_freed == 10 + 100
+    p = plan("r", tags, footprints, ["a", "b", "b-alias"])
+    assert p.manifests == ["m1", "m2"] and p.untag == []
+    assert p.blobs == {"base": 1000, "l1": 10, "l2": 20} and p.bytes_freed == 1030 + 200
+    p = plan("r", tags, footprints, ["a", "b", "b-alias"], held_elsewhere={"base"})
+    assert p.blobs == {"l1": 10, "l2": 20} and p.kept_by_others == {"base": 1000}
+
+
+def test_an_index_takes_its_children_unless_a_kept_index_lists_them():
+    child1, child2 = fp("c1", {"x": 5}, 50), fp("c2", {"y": 7}, 60)
+    footprints = {"i1": fp("i1", {}, 300, [child1, child2]), "i2": fp("i2", {}, 400, [child2]),
+                  "c1": child1, "c2": child2}
+    tags = {"multi": "i1", "other": "i2", "amd64": "c1"}
+    p = plan("r", tags, footprints, ["multi"])
+    # c1 still has its own tag: it stays, and so do its blobs
+    assert p.manifests == ["i1"] and p.blobs == {} and p.bytes_freed == 300
+    p = plan("r", tags, footprints, ["multi", "amd64"])
+    assert p.manifests == ["i1", "c1"] and p.blobs == {"x": 5} and p.bytes_freed == 5 + 300 + 50
+    # a platform tag on a child that a kept index lists: the tag goes, the manifest stays
+    p = plan("r", {"multi": "i1", "amd64": "c1"}, footprints, ["amd64"])
+    assert p.manifests == [] and p.untag == ["amd64"] and p.bytes_freed == 0
+
+
+def test_deleting_a_manifest_by_digest_takes_every_tag_that_points_at_it():
+    footprints = {"m1": fp("m1", {"l1": 10}), "m2": fp("m2", {"l2": 20})}
+    p = plan("r", {"a": "m1", "a2": "m1", "b": "m2"}, footprints, [], manifests=["m1"])
+    assert p.tags == ["a", "a2"] and p.manifests == ["m1"] and p.bytes_freed == 110
+
+
+def seeded():
+    fake = FakeRegistry()
+    s = seed("http://registry.test", transport=fake.transport())
+    client = RegistryClient("http://registry.test", transport=fake.transport())
+    inventory = Inventory("apps/web")
+    load_tags(client, inventory, admin=True, on_rows=lambda rows: None)
+    return fake, s, client, inventory
+
+
+def test_plan_against_seeded_registry_counts_the_layer_apps_api_shares():
+    fake, s, client, inventory = seeded()
+    tags = {t: r.digest for t, r in inventory.tags.items()}
+    # every tag of apps/web goes: BASE would be freed here, but apps/api holds it too
+    everything = plan("apps/web", tags, inventory.footprints, list(tags))
+    assert LAYERS["base"] in everything.blobs.values()
+    stats = {r.name: r for page in client.repositories() for r in page}
+    held = blobs_held_elsewhere(client, "apps/web", everything.blobs, stats)
+    base = next(d for d, size in s.a.blobs.items() if size == LAYERS["base"])
+    assert held == {base}
+    p = plan("apps/web", tags, inventory.footprints, list(tags), held_elsewhere=held)
+    assert base not in p.blobs and p.kept_by_others == {base: LAYERS["base"]}
+    expected_blobs = {**s.a.blobs, **s.b.blobs, **s.c.blobs, **s.amd64.blobs, **s.arm64.blobs}
+    del expected_blobs[base]
+    assert p.blobs == expected_blobs
+    assert p.manifest_bytes == sum(x.manifest_bytes for x in (s.a, s.b, s.c, s.multi, s.amd64, s.arm64))
+
+
+def test_held_elsewhere_asks_nobody_when_the_repository_shares_nothing():
+    fake, s, client, inventory = seeded()
+    stats = {"tools/cli": RepositoryStats("tools/cli", 1, 1, 643, 0),
+             "apps/web": RepositoryStats("apps/web", 6, 6, 1, 4096)}
+    before = len(fake.requests)
+    assert blobs_held_elsewhere(client, "tools/cli", ["sha256:x"], stats) == set()
+    assert len(fake.requests) == before
+    stats["apps/api"] = RepositoryStats("apps/api", 1, 1, 1, 4096)
+    assert blobs_held_elsewhere(client, "apps/api", [f"sha256:{i}" for i in range(10)], stats, limit=5) is None

@@ -1,0 +1,149 @@
+"""Retention rules and the deletion plan: which tags go, which manifests go with them, how many bytes come back.
+
+Bytes are counted the way garbage collection will find them: a blob is freed only when no kept manifest of this
+repository references it and (where the admin API tells) no other repository holds it; a manifest is deleted
+only when every tag pointing at it goes, and an index's child only when no kept index references it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Iterable
+
+from .client import ClientError, RegistryClient, RepositoryStats
+from .images import Footprint, TagRow
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Tags matching `pattern` (a glob; all tags when empty) are candidates; of these the newest `keep_newest`
+    are kept, and of the rest those older than `older_than_days` go (all of the rest when no age is given).
+    With no rule at all nothing is selected."""
+    keep_newest: int | None = None
+    older_than_days: float | None = None
+    pattern: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.keep_newest is None and self.older_than_days is None and not self.pattern
+
+
+def select(tags: Iterable[TagRow], rules: Rules, now: datetime) -> list[str]:
+    """The tags the rules delete. A tag whose date is unknown is never deleted by age, and counts as oldest."""
+    if rules.empty:
+        return []
+    candidates = [t for t in tags if not rules.pattern or fnmatch.fnmatchcase(t.tag, rules.pattern)]
+    oldest = datetime.min.replace(tzinfo=now.tzinfo)
+    ordered = sorted(candidates, key=lambda t: (t.date or oldest, t.tag), reverse=True)
+    if rules.keep_newest is not None:
+        ordered = ordered[max(0, rules.keep_newest):]
+    if rules.older_than_days is not None:
+        limit = now - timedelta(days=rules.older_than_days)
+        ordered = [t for t in ordered if t.date is not None and t.date < limit]
+    return sorted(t.tag for t in ordered)
+
+
+@dataclass
+class Plan:
+    repository: str
+    tags: list[str]  # every tag that goes
+    untag: list[str]  # tags deleted on their own: other tags keep their manifest
+    manifests: list[str]  # manifests deleted by digest (with all their tags), indexes before their children
+    blobs: dict[str, int] = field(default_factory=dict)  # blobs freed, digest -> size
+    manifest_bytes: int = 0
+    kept_by_others: dict[str, int] = field(default_factory=dict)  # would be freed, but other repositories hold them
+    unknown: list[str] = field(default_factory=list)  # tags whose manifest could not be read
+    other_repositories_checked: bool | None = None  # None: the server cannot tell (no admin API)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(self.blobs.values()) + self.manifest_bytes
+
+    @property
+    def empty(self) -> bool:
+        return not self.tags and not self.manifests
+
+
+def plan(repository: str, tags: dict[str, str | None], footprints: dict[str, Footprint], doomed: Iterable[str],
+         *, held_elsewhere: set[str] | None = None, manifests: Iterable[str] = ()) -> Plan:
+    """`tags`: every tag of the repository -> its digest; `doomed`: the tags to delete; `manifests`: digests to
+    delete outright (with every tag that points at them); `held_elsewhere`: blobs other repositories hold."""
+    doomed = set(doomed)
+    groups: dict[str, set[str]] = {}
+    for tag, digest in tags.items():
+        if digest:
+            groups.setdefault(digest, set()).add(tag)
+    forced = set(manifests)
+    for digest in forced:
+        doomed |= groups.get(digest, set())
+    unknown = sorted(t for t in doomed if not tags.get(t) or tags[t] not in footprints)
+    going = {d for d, members in groups.items() if members <= doomed} | forced
+    kept = {d for d in groups if d not in going}
+
+    kept_manifests: dict[str, int] = {}
+    kept_blobs: dict[str, int] = {}
+    for digest in kept:
+        fp = footprints.get(digest)
+        if fp is None:
+            continue
+        kept_manifests.update(fp.manifests())
+        kept_blobs.update(fp.all_blobs())
+    # A tag on a platform manifest that a kept index still lists: the tag goes, the manifest stays.
+    going -= set(kept_manifests)
+    untag = sorted(t for t in doomed if tags.get(t) not in going)
+
+    # Indexes (and other manifests whose tags all go) first, then children no kept index references:
+    # deleting a child first would leave a dangling index behind if the run stopped half way.
+    nested = {m for d in going if d in footprints for m in footprints[d].manifests() if m != d}
+    tops = sorted(going, key=lambda d: (d in nested, d))
+    children: list[str] = []
+    gone_manifests: dict[str, int] = {}
+    candidate_blobs: dict[str, int] = {}
+    for digest in tops:
+        fp = footprints.get(digest)
+        if fp is None:
+            continue
+        for member, size in fp.manifests().items():
+            if member in kept_manifests or member in gone_manifests:
+                continue
+            gone_manifests[member] = size
+            if member not in going:
+                children.append(member)
+        candidate_blobs.update(fp.all_blobs())
+    order = tops + children
+
+    freed = {d: s for d, s in candidate_blobs.items() if d not in kept_blobs}
+    held = {d: s for d, s in freed.items() if held_elsewhere and d in held_elsewhere}
+    for d in held:
+        del freed[d]
+    return Plan(repository, sorted(doomed), untag, order, freed, sum(gone_manifests.values()), held, unknown,
+                None if held_elsewhere is None else True)
+
+
+def blobs_held_elsewhere(client: RegistryClient, repository: str, blobs: Iterable[str],
+                         stats: dict[str, RepositoryStats], *, limit: int = 5000,
+                         cancelled: Callable[[], bool] = lambda: False) -> set[str] | None:
+    """Which of `blobs` other repositories also hold, asked only of repositories whose admin stats say they
+    share bytes (HEAD /v2/<other>/blobs/<digest>). None when it would take more than `limit` requests."""
+    own = stats.get(repository)
+    blobs = list(blobs)
+    if own is not None and own.shared_bytes == 0:
+        return set()
+    others = [name for name, s in stats.items() if name != repository and s.shared_bytes > 0]
+    if len(others) * len(blobs) > limit:
+        return None
+    held: set[str] = set()
+    for name in others:
+        for digest in blobs:
+            if digest in held:
+                continue
+            if cancelled():
+                return None
+            try:
+                if client.blob_exists(name, digest):
+                    held.add(digest)
+            except ClientError:
+                return None
+    return held

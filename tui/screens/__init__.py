@@ -1,0 +1,1 @@
+"""The screens of registry-tui, one per file."""
