@@ -312,6 +312,16 @@ def registry(request):
 
 
 @pytest.fixture
+def dockyard_bin() -> str:
+    return need("dockyard")
+
+
+@pytest.fixture
+def free_port_number() -> int:
+    return free_port()
+
+
+@pytest.fixture
 def start_dockyard(tmp_path_factory):
     """Start extra `dockyard serve` processes of a test's own (own data dir, config, worker count); all are
     stopped at the end of the test. `start_dockyard(data=None, config=None, workers=2) -> Registry`."""
