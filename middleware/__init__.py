@@ -60,6 +60,9 @@ class Options:
     def error(self, option: str, problem: str) -> ConfigError:
         return ConfigError(f"middleware {self.entry!r}: option {self.prefix + option!r}: {problem}")
 
+    def has(self, option: str) -> bool:
+        return option in self._options
+
     def get(self, option: str, kind: type | tuple, default: Any = _MISSING) -> Any:
         self._seen.add(option)
         if option not in self._options:

@@ -341,6 +341,8 @@ class TokenResource:
     skopeo) or `POST` form with `grant_type=password` (OAuth2 style). Answers `token`, `access_token`,
     `expires_in`, `issued_at`; grants each requested scope only the actions the rules allow."""
 
+    rate_class = "token"  # the ratelimit middleware's class for these requests
+
     def __init__(self, auth: AuthMiddleware):
         self.auth = auth
 

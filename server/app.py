@@ -129,14 +129,16 @@ def build_registry(config: Config, *, store: BlobStore | None = None, metadata: 
     return registry
 
 
-def create_app(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None) -> falcon.App:
+def create_app(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None,
+               clock=None) -> falcon.App:
+    """`clock` (time.time by default) is handed to the middleware chain, so tests can move time."""
     registry = build_registry(config, store=store, metadata=metadata)
 
     # Falcon streams files through wsgi.file_wrapper in blocks of _STREAM_BLOCK_SIZE (8 KiB: far too small).
     app_class = type("DockyardApp", (InstrumentedApp,), {"_STREAM_BLOCK_SIZE": config.io_block_size,
                                                      "__slots__": ("registry",)})
     # The configured chain runs after RegistryHeaders, in the configured order (README: Middleware).
-    chain = build_chain(config.middleware, MiddlewareContext(config, registry))
+    chain = build_chain(config.middleware, MiddlewareContext(config, registry, clock=clock))
     builtin = [ExternalURLs.from_config(config), RegistryHeaders(), MaintenanceMode(registry)]
     if config.gc_interval:
         builtin.append(GcSchedule(registry))
