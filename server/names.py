@@ -31,9 +31,6 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 
-    def hasher(self):
-        return hashlib.new(self.algorithm)
-
     @classmethod
     def of(cls, data: bytes, algorithm: str = "sha256") -> "Digest":
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())

@@ -362,10 +362,6 @@ class Metadata:
         with self._read() as conn:
             return conn.execute("SELECT 1 FROM uploads WHERE id = ?", (upload_id,)).fetchone() is not None
 
-    def blob_sizes(self) -> dict[str, int]:
-        with self._read() as conn:
-            return dict(conn.execute("SELECT digest, size FROM blobs"))
-
     def repository_page(self, n: int, last: str | None) -> tuple[list[dict], bool]:
         """Repositories (with manifests) after `last`, with tag and manifest counts and their storage use."""
         with self._read() as conn:
