@@ -29,60 +29,52 @@ import io
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, closing, contextmanager, nullcontext, suppress
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
-HOST = "127.0.0.1"
+from harness import (
+    DOCKYARD_CMD,
+    HOST,
+    BenchError,
+    RssSampler,
+    Target,
+    alternate,
+    cell,
+    dockyard,
+    format_size,
+    load_average,
+    main_guard,
+    nproc,
+    parse_size,
+    progress,
+    ratio,
+    reference_registry,
+)
+
 REPOSITORY = "bench/throughput"
 HEADER_SIZE = 32  # a sha256 digest: distinct for every blob of every run
 PATTERN_SIZE = 8 << 20  # random bytes repeated to fill the payload file
 READ_SIZE = 1 << 20  # pull and hash buffer; 256 KiB-1 MiB reads were fastest on loopback here
 REQUEST_TIMEOUT = 300.0  # seconds for any one socket operation
-READY_TIMEOUT = 60.0  # seconds for a server to answer GET /v2/ with 200
-STOP_TIMEOUT = 40.0  # seconds between SIGTERM and SIGKILL (gunicorn's graceful timeout is 30 s)
-RSS_INTERVAL = 0.05  # seconds between RSS samples
-RSS_RESCAN_EVERY = 20  # samples between two walks of /proc for new child processes
 SELFTEST_FLOOR_MB_S = 2000.0
 FIGURES = {
     "push_monolithic": "push, monolithic",
     "push_chunked": "push, chunked",
     "pull": "pull",
 }
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
-
-
-class BenchError(Exception):
-    """A failure the user should read: a registry misbehaved or the machine cannot run the benchmark."""
-
-
-def parse_size(text: str) -> int:
-    """Parse '1GiB', '256MiB', '8MB' or a plain byte count."""
-    match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)?\s*", text, re.IGNORECASE)
-    if not match or int(match[1]) == 0:
-        raise argparse.ArgumentTypeError(f"not a positive size: {text!r} (examples: 1GiB, 256MiB, 8MB, 4096)")
-    return int(match[1]) * UNITS[(match[2] or "").upper()]
-
-
-def format_size(size: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
+PROXY_FIGURE = "pull_proxy"  # measured only when run_rounds is given a proxy in front of a registry
+FIGURES_WITH_PROXY = FIGURES | {PROXY_FIGURE: "pull through nginx"}
 
 
 # --- Blob content -------------------------------------------------------------------------------------------
@@ -257,209 +249,6 @@ def _check_digest(response: http.client.HTTPResponse, blob: Blob) -> None:
         raise BenchError(f"pushed {blob.digest} but the registry answered Docker-Content-Digest {answered}")
 
 
-# --- Memory of the server -----------------------------------------------------------------------------------
-
-
-class RssSampler:
-    """Peak VmRSS of a process and all its descendants, sampled by a thread every RSS_INTERVAL seconds."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.peak_process = 0  # bytes: the largest single process (with gunicorn, the largest worker)
-        self.peak_total = 0  # bytes: the largest sum over the whole tree at one instant
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        pids = process_tree(self.root)
-        self._sample(pids)
-        samples = 1
-        while not self._stop.wait(RSS_INTERVAL):
-            if samples % RSS_RESCAN_EVERY == 0:  # gunicorn may have replaced a worker
-                pids = process_tree(self.root)
-            self._sample(pids)
-            samples += 1
-
-    def _sample(self, pids: list[int]) -> None:
-        sizes = [vm_rss(pid) for pid in pids]
-        self.peak_process = max(self.peak_process, max(sizes))
-        self.peak_total = max(self.peak_total, sum(sizes))
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, found through the parent pid in every /proc/<pid>/stat."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (parent := _parent_pid(entry.name)) is not None:
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, ()))
-    return tree
-
-
-def _parent_pid(pid: str) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # the process has gone
-        return None
-    return int(stat.rpartition(")")[2].split()[1])  # the command name may hold spaces and parentheses
-
-
-def vm_rss(pid: int) -> int:
-    """Resident set size in bytes; 0 for a process that has gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-# --- The registries -----------------------------------------------------------------------------------------
-
-DOCKYARD_CMD = "dockyard serve --bind 127.0.0.1:{port} --data {data}"
-REFERENCE_CONFIG = """\
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: {addr}
-"""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A registry to measure; `pid` roots the process tree whose memory is sampled (None: in-process)."""
-
-    name: str
-    port: int
-    pid: int | None
-    command: list[str]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def reference_registry(workdir: Path) -> AbstractContextManager[Target]:
-    binary = shutil.which("docker-registry")
-    if not binary:
-        raise BenchError(
-            "the reference registry is missing: apt-get -o DPkg::Lock::Timeout=300 install -y docker-registry"
-        )
-    port = free_port()
-    config = workdir / "config.yml"
-    # JSON strings are YAML strings: quoting the path keeps any character in it literal.
-    config.write_text(REFERENCE_CONFIG.format(root=json.dumps(str(workdir / "data")), addr=f"{HOST}:{port}"))
-    return server_process("reference", [binary, "serve", str(config)], port, workdir / "server.log")
-
-
-def dockyard(workdir: Path, template: str) -> AbstractContextManager[Target]:
-    port = free_port()
-    data = workdir / "data"
-    data.mkdir()
-    try:
-        argv = [arg.format(port=port, data=data) for arg in shlex.split(template)]
-    except (KeyError, IndexError, ValueError) as exc:
-        raise BenchError(f"--dockyard-cmd {template!r}: only {{port}} and {{data}} can be filled in ({exc})")
-    argv[0] = _executable(argv[0])
-    return server_process("dockyard", argv, port, workdir / "server.log")
-
-
-def _executable(name: str) -> str:
-    """`name` on PATH, or beside this Python (a virtualenv's console scripts, not activated)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if not found:
-        raise BenchError(
-            f"{name!r} is neither on PATH nor beside {sys.executable}: install the project (pip install -e .), "
-            "pass --dockyard-cmd, or measure the reference alone with --only reference"
-        )
-    return found
-
-
-@contextmanager
-def server_process(name: str, argv: list[str], port: int, log_path: Path) -> Iterator[Target]:
-    """Run `argv` in a session of its own, wait until GET /v2/ answers 200, and stop it on exit."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        _wait_ready(name, proc, port, log_path)
-        yield Target(name, port, proc.pid, argv)
-    finally:
-        _stop(name, proc, log_path)
-
-
-def _wait_ready(name: str, proc: subprocess.Popen, port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if (status := _exit_status(proc)) is not None:
-            raise BenchError(f"{name} exited with status {status} before it answered GET /v2/ (its log is above)")
-        if _v2_status(port) == 200:
-            return
-        time.sleep(0.1)
-    raise BenchError(f"{name} did not answer GET /v2/ with 200 within {READY_TIMEOUT:.0f} s:\n{_tail(log_path)}")
-
-
-def _v2_status(port: int) -> int | None:
-    with closing(http.client.HTTPConnection(HOST, port, timeout=5)) as conn:
-        try:
-            conn.request("GET", "/v2/")
-            return conn.getresponse().status
-        except (OSError, http.client.HTTPException):
-            return None
-
-
-def _stop(name: str, proc: subprocess.Popen, log_path: Path) -> None:
-    """SIGTERM the process we started and wait for it; then SIGKILL whatever is left in its session."""
-    if (status := _exit_status(proc)) is not None:
-        progress(f"{name} had exited by itself with status {status}; the end of its log:\n{_tail(log_path)}")
-    else:
-        os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while _exit_status(proc) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _exit_status(proc) is None:
-            progress(f"{name} was still running {STOP_TIMEOUT:.0f} s after SIGTERM: killing it")
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the unreaped leader keeps this group id ours
-    proc.wait(timeout=STOP_TIMEOUT)
-
-
-def _exit_status(proc: subprocess.Popen) -> int | None:
-    """The exit status of our child if it has ended, without reaping it, so its pid cannot be reused yet."""
-    result = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    return None if result is None else result.si_status
-
-
-def _tail(log_path: Path, lines: int = 40) -> str:
-    text = log_path.read_text(errors="replace").splitlines()[-lines:]
-    return "\n".join(f"  | {line}" for line in text) or "  | (its log is empty)"
-
-
 # --- The in-process sink for --selftest ---------------------------------------------------------------------
 
 UPLOAD_PATH = re.compile(r"/v2/(?P<repository>.+)/blobs/uploads/(?P<upload>[^/]*)")
@@ -571,6 +360,7 @@ class Measurement:
     size: int
     peak_process: int | None  # bytes; None when there is no server process to sample
     peak_total: int | None
+    first_process: int | None = None  # bytes: the largest process at the start, before the work
 
     @property
     def mb_per_s(self) -> float:
@@ -599,35 +389,52 @@ def measure(target: Target, size: int, action: Callable[[], None]) -> Measuremen
         started = time.perf_counter()
         action()
         seconds = time.perf_counter() - started
-    return Measurement(seconds, size, sampler and sampler.peak_process, sampler and sampler.peak_total)
+    if sampler is None:
+        return Measurement(seconds, size, None, None)
+    return Measurement(seconds, size, sampler.peak_process, sampler.peak_total, sampler.first_process)
 
 
 def run_figures(
-    target: Target, client: RegistryClient, mono: Blob, chunked: Blob, chunk: int
+    target: Target, client: RegistryClient, mono: Blob, chunked: Blob, chunk: int, proxy: RegistryClient | None
 ) -> dict[str, Measurement]:
-    return {
+    figures = {
         "push_monolithic": measure(target, mono.size, lambda: client.push_monolithic(mono)),
         "push_chunked": measure(target, chunked.size, lambda: client.push_chunked(chunked, chunk)),
         "pull": measure(target, mono.size, lambda: client.pull(mono)),
     }
+    if proxy:
+        figures[PROXY_FIGURE] = measure(target, mono.size, lambda: proxy.pull(mono))
+    return figures
 
 
-def run_rounds(targets: list[Target], payload: Payload, rounds: int, chunk: int) -> list[TargetResults]:
-    """One warm-up round, then `rounds` timed ones; the order of the targets flips every round."""
-    results = {t.name: TargetResults(t, {}, {figure: [] for figure in FIGURES}) for t in targets}
+def run_rounds(
+    targets: list[Target], payload: Payload, rounds: int, chunk: int, proxies: dict[str, int] | None = None
+) -> list[TargetResults]:
+    """One warm-up round, then `rounds` timed ones; the order of the targets flips every round.
+
+    `proxies` maps a target's name to the port of a proxy in front of it (nginx): the monolithic blob is then
+    also pulled through it, as figure PROXY_FIGURE.
+    """
+    proxies = proxies or {}
+    figure_names = list(FIGURES) + ([PROXY_FIGURE] if proxies else [])
+    results = {t.name: TargetResults(t, {}, {figure: [] for figure in figure_names}) for t in targets}
     clients = {t.name: RegistryClient(t.port) for t in targets}
+    proxy_clients = {name: RegistryClient(port) for name, port in proxies.items()}
     run_id = os.urandom(16).hex()
     for number in range(rounds + 1):
         name = "warm-up round" if number == 0 else f"round {number}/{rounds}"
         progress(f"{name}: hashing two new {format_size(payload.size)} blobs")
         mono = payload.blob(f"{run_id} round {number} monolithic")
         chunked = payload.blob(f"{run_id} round {number} chunked")
-        for target in targets if number % 2 == 0 else targets[::-1]:
+        for target in alternate(targets, number):
             client = clients[target.name]
-            figures = run_figures(target, client, mono, chunked, chunk)
+            proxy = proxy_clients.get(target.name)
+            figures = run_figures(target, client, mono, chunked, chunk, proxy)
             if number == 0:
                 client.pull(mono, verify=True)
                 client.pull(chunked, verify=True)
+                if proxy:
+                    proxy.pull(mono, verify=True)
                 results[target.name].warmup = figures
             else:
                 for figure, measurement in figures.items():
@@ -635,7 +442,7 @@ def run_rounds(targets: list[Target], payload: Payload, rounds: int, chunk: int)
             note = " (warm-up, discarded; both blobs pulled back and their sha256 checked)" if number == 0 else ""
             progress(
                 f"  {target.name:<9} "
-                + ", ".join(f"{FIGURES[f]} {m.mb_per_s:.0f} MB/s" for f, m in figures.items())
+                + ", ".join(f"{FIGURES_WITH_PROXY[f]} {m.mb_per_s:.0f} MB/s" for f, m in figures.items())
                 + note
             )
     return list(results.values())
@@ -644,10 +451,16 @@ def run_rounds(targets: list[Target], payload: Payload, rounds: int, chunk: int)
 # --- Report -------------------------------------------------------------------------------------------------
 
 
+def measured(results: list[TargetResults]) -> dict[str, str]:
+    """The figures these results hold, with their labels, in table order."""
+    return {f: label for f, label in FIGURES_WITH_PROXY.items() if f in results[0].rounds}
+
+
 def table_rows(results: list[TargetResults]) -> list[tuple[str, list[float | None]]]:
-    rows = [(f"{label} (MB/s)", [r.median_mb_per_s(figure) for r in results]) for figure, label in FIGURES.items()]
+    figures = measured(results)
+    rows = [(f"{label} (MB/s)", [r.median_mb_per_s(figure) for r in results]) for figure, label in figures.items()]
     for attribute, what in (("peak_process", "peak RSS largest process"), ("peak_total", "peak RSS all processes")):
-        for figure, label in FIGURES.items():
+        for figure, label in figures.items():
             peaks = [r.peak(figure, attribute) for r in results]
             if any(p is not None for p in peaks):  # the in-process sink has no memory of its own to show
                 rows.append((f"{what}, {label} (MiB)", [None if p is None else p / (1 << 20) for p in peaks]))
@@ -665,47 +478,41 @@ def format_table(results: list[TargetResults]) -> str:
     lines = [f"{'figure':<{width}}" + "".join(f"{name:>12}" for name in names)]
     for label, values in rows:
         if has_ratio(results):
-            values = [*values, _ratio(*values)]
-        lines.append(f"{label:<{width}}" + "".join(f"{_cell(value):>12}" for value in values))
+            values = [*values, ratio(*values)]
+        lines.append(f"{label:<{width}}" + "".join(f"{cell(value):>12}" for value in values))
     return "\n".join(lines)
 
 
-def _ratio(dockyard_value: float | None, reference_value: float | None) -> float | None:
-    if dockyard_value is None or not reference_value:
-        return None
-    return dockyard_value / reference_value
+def figures_json(r: TargetResults) -> dict:
+    """Every figure of one registry: the median, every round, the warm-up, the memory peaks."""
 
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}" if value < 10 else f"{value:.0f}"
-
-
-def as_json(results: list[TargetResults], args: argparse.Namespace, load: tuple[float, float]) -> dict:
-    def figure_json(r: TargetResults, figure: str) -> dict:
+    def figure_json(figure: str) -> dict:
         return {
             "mb_per_s_median": r.median_mb_per_s(figure),
             "mb_per_s_rounds": [m.mb_per_s for m in r.rounds[figure]],
             "mb_per_s_warmup": r.warmup[figure].mb_per_s,
             "peak_rss_largest_process_bytes": r.peak(figure, "peak_process"),
             "peak_rss_all_processes_bytes": r.peak(figure, "peak_total"),
+            "rss_largest_process_at_start_bytes": r.peak(figure, "first_process"),
         }
 
+    return {figure: figure_json(figure) for figure in r.rounds}
+
+
+def as_json(results: list[TargetResults], args: argparse.Namespace, load: tuple[float, float]) -> dict:
     document = {
         "size_bytes": args.size,
         "chunk_bytes": args.chunk,
         "rounds": args.rounds,
         "warmup_rounds": 1,
-        "nproc": len(os.sched_getaffinity(0)),
+        "nproc": nproc(),
         "loadavg_1min": {"start": load[0], "end": load[1]},
-        "registries": {
-            r.target.name: {"command": r.target.command, "figures": {f: figure_json(r, f) for f in FIGURES}}
-            for r in results
-        },
+        "registries": {r.target.name: {"command": r.target.command, "figures": figures_json(r)} for r in results},
     }
     if has_ratio(results):
         dockyard_results, reference_results = results
         document["ratios_dockyard_over_reference"] = {
-            f: dockyard_results.median_mb_per_s(f) / reference_results.median_mb_per_s(f) for f in FIGURES
+            f: dockyard_results.median_mb_per_s(f) / reference_results.median_mb_per_s(f) for f in measured(results)
         }
     return document
 
@@ -721,10 +528,6 @@ def selftest_verdict(results: TargetResults) -> bool:
 
 
 # --- Command line -------------------------------------------------------------------------------------------
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def check_disk(workdir: Path, size: int, rounds: int, registries: int) -> None:
@@ -753,7 +556,7 @@ def start_targets(stack: ExitStack, workdir: Path, args: argparse.Namespace, pay
 
 
 def run(args: argparse.Namespace) -> int:
-    load_start = os.getloadavg()[0]
+    load_start = load_average()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dockyard-bench-")))
         check_disk(workdir, args.size, args.rounds, 0 if args.selftest else 1 if args.only else 2)
@@ -761,14 +564,14 @@ def run(args: argparse.Namespace) -> int:
         payload = stack.enter_context(payload_file(workdir / "payload", args.size))
         targets = start_targets(stack, workdir, args, payload)
         results = run_rounds(targets, payload, args.rounds, args.chunk)
-        load_end = os.getloadavg()[0]
+        load_end = load_average()
         progress("stopping the registries and removing their data")
     print(
         f"\nblob throughput: {format_size(args.size)} blobs, {format_size(args.chunk)} chunks, "
         f"median of {args.rounds} rounds after 1 discarded warm-up; 1 MB = 10^6 bytes"
     )
     print(
-        f"nproc {len(os.sched_getaffinity(0))}; load average (1 min) {load_start:.2f} at start, {load_end:.2f} at end\n"
+        f"nproc {nproc()}; load average (1 min) {load_start:.2f} at start, {load_end:.2f} at end\n"
     )
     print(format_table(results))
     if args.json:
@@ -803,21 +606,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except BenchError as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted: registries stopped, temporary files removed")
-        return 130
+    return main_guard(lambda: run(args))
 
 
 if __name__ == "__main__":
