@@ -12,31 +12,16 @@ def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
+    from .serving import gunicorn_settings
 
     config = load_config(args.config, overrides={"bind": args.bind, "data": args.data, "workers": args.workers})
 
     class Server(BaseApplication):
         def load_config(self) -> None:
-            settings = {
-                "bind": config.bind,
-                "workers": config.worker_count,
-                "worker_class": "gthread",
-                "threads": config.threads,
-                "timeout": config.timeout,
-                "graceful_timeout": 30,
-                "keepalive": 75,  # docker and containerd keep connections open between requests
-                "preload_app": True,  # build the app (and migrate the database) once, before forking
-                "sendfile": config.sendfile,
-                "loglevel": config.log_level,
-                "errorlog": "-",
-                "limit_request_line": 8190,
-                "proc_name": "dockyard",
-            }
-            if "control_socket_disable" in self.cfg.settings:
-                # gunicorn >= 24 opens a control socket at one fixed path per user: two registries would clash.
-                settings["control_socket_disable"] = True
-            for key, value in settings.items():
-                self.cfg.set(key, value)
+            # The same settings as deploy/gunicorn.conf.py: one source of truth (server/serving.py).
+            for key, value in gunicorn_settings(config).items():
+                if key in self.cfg.settings:  # e.g. control_socket_disable exists from gunicorn 24 on
+                    self.cfg.set(key, value)
 
         def load(self):
             return create_app(config)

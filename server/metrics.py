@@ -16,6 +16,7 @@ with each start of the server, as Prometheus expects of counters.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import mmap
@@ -205,19 +206,30 @@ class Metrics:
 
     def inc(self, name: str, labels: tuple = (), amount: float = 1.0) -> None:
         """Add to a counter or a gauge; `labels` is a tuple of (name, value) pairs in a fixed order."""
-        key = self._key(name, "", labels)
-        with self._lock:
-            self._process_file().add(key, amount)
+        self.add([(self._key(name, "", labels), amount)])
 
     def observe(self, name: str, labels: tuple, value: float) -> None:
         """One observation of a histogram: its bucket (stored per bucket, made cumulative at the scrape), sum, count."""
-        family = self.families[name]
-        bucket = next((b for b in family.buckets if value <= b), math.inf)
+        self.add(self.observation(name, labels, value))
+
+    def observation(self, name: str, labels: tuple, value: float) -> list[tuple[str, float]]:
+        """The (key, amount) additions of one histogram observation, for `add`."""
+        buckets = self.families[name].buckets
+        index = bisect.bisect_left(buckets, value)
+        bucket = buckets[index] if index < len(buckets) else math.inf
+        return [(self._key(name, "_bucket", labels + (("le", _number(bucket)),)), 1.0),
+                (self._key(name, "_sum", labels), value), (self._key(name, "_count", labels), 1.0)]
+
+    def key(self, name: str, labels: tuple = ()) -> str:
+        """The key of a counter or gauge sample, for `add`."""
+        return self._key(name, "", labels)
+
+    def add(self, additions: list[tuple[str, float]]) -> None:
+        """Several additions under one lock: what one request records."""
         with self._lock:
             file = self._process_file()
-            file.add(self._key(name, "_bucket", labels + (("le", _number(bucket)),)), 1.0)
-            file.add(self._key(name, "_sum", labels), value)
-            file.add(self._key(name, "_count", labels), 1.0)
+            for key, amount in additions:
+                file.add(key, amount)
 
     # -- reading -------------------------------------------------------------------------------------------------
 

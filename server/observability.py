@@ -152,31 +152,36 @@ class InstrumentedApp(falcon.App):
             response["status"], response["headers"] = status, headers
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
-        done = threading.Event()
+        finished = []
 
         def finish() -> None:
-            if done.is_set():
+            if finished:  # close() may come twice (a server's own call after ours)
                 return
-            done.set()
-            if upload:
-                metrics.inc(UPLOADS_IN_PROGRESS, amount=-1)
+            finished.append(True)
             route = stats.route or "unmatched"
             method_label = method if method in METHODS else "other"
             status = response.get("status", "500").split(" ", 1)[0]
-            metrics.inc(REQUESTS, (("method", method_label), ("route", route), ("status", status)))
-            metrics.observe(DURATION, (("method", method_label), ("route", route)), time.perf_counter() - started)
+            additions = [(metrics.key(REQUESTS, (("method", method_label), ("route", route), ("status", status))), 1)]
+            additions += metrics.observation(DURATION, (("method", method_label), ("route", route)),
+                                             time.perf_counter() - started)
+            if upload:
+                additions.append((metrics.key(UPLOADS_IN_PROGRESS), -1))
             received = stats.bytes_in or _int(env.get("CONTENT_LENGTH"))
             if received:
-                metrics.inc(BYTES_IN, (("route", route),), received)
+                additions.append((metrics.key(BYTES_IN, (("route", route),)), received))
             sent = 0 if method == "HEAD" else _int(_header(response.get("headers", ()), "content-length"))
             if sent:
-                metrics.inc(BYTES_OUT, (("route", route),), sent)
+                additions.append((metrics.key(BYTES_OUT, (("route", route),)), sent))
+            metrics.add(additions)
 
         try:
             result = super().__call__(env, capture)
         except BaseException:
             finish()
             raise
+        if isinstance(result, list):  # a body already in memory (Falcon's resp.data/media): nothing left to time
+            finish()
+            return result
         wrapper = env.get("wsgi.file_wrapper")
         if wrapper is not None and isinstance(result, wrapper):
             # Keep the server's file wrapper (and so its sendfile path): hook its close instead of wrapping it.
