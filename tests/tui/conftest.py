@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,8 +63,13 @@ class Server:
     proc: subprocess.Popen
     log: Path
 
+    clients: list = field(default_factory=list)
+
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        """A plain HTTP client to ask the registry what it holds (closed when the server stops)."""
+        client = httpx.Client(base_url=self.url, timeout=30)
+        self.clients.append(client)
+        return client
 
 
 def start(kind: str, argv: list, workdir: Path, port: int) -> Server:
@@ -89,6 +94,8 @@ def start(kind: str, argv: list, workdir: Path, port: int) -> Server:
 
 
 def stop(server: Server) -> None:
+    for client in server.clients:
+        client.close()
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)
         try:
@@ -162,3 +169,27 @@ def run_app(app, scenario, size=(80, 24)):
 @pytest.fixture
 def fixed_clock():
     return lambda: FIXED_NOW
+
+
+def table_keys(app, selector: str = "KeyTable") -> list[str]:
+    """The row keys of the screen's table, top to bottom."""
+    table = app.screen.query_one(selector)
+    return [row.key.value for row in table.ordered_rows]
+
+
+async def goto(pilot, key: str, selector: str = "KeyTable") -> None:
+    """Move the cursor to the row `key` with the arrow keys, as a user would."""
+    table = pilot.app.screen.query_one(selector)
+    keys = table_keys(pilot.app, selector)
+    assert key in keys, f"{key!r} not among the rows {keys}"
+    for _ in range(len(keys) + 1):
+        current = table.current_key
+        if current == key:
+            return
+        await pilot.press("down" if keys.index(current) < keys.index(key) else "up")
+    raise AssertionError(f"could not reach row {key!r}")
+
+
+async def type_text(pilot, text: str) -> None:
+    await pilot.press(*[{"/": "slash", " ": "space", ".": "full_stop", "*": "asterisk", "-": "minus"}.get(c, c)
+                        for c in text])

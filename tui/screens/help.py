@@ -23,7 +23,7 @@ KEYS = """\
 
 [b]Manifest[/b]     c  copy the `docker pull` reference     escape  back
 
-[b]Retention[/b]    tab  next field     ctrl+d  prune what the preview shows     escape  back
+[b]Retention[/b]    tab  next field     enter  prune what the preview shows     escape  back
 """
 
 

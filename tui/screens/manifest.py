@@ -43,8 +43,9 @@ def describe(client: RegistryClient, repository: str, manifest: Manifest, footpr
         ("Digest", manifest.digest),
         ("Total size", exact_bytes(footprint.total_size)),
         ("Tags", ", ".join(tags) or "(none)"),
-        ("Pull", "\n".join(pull)),
     ])]
+    parts.append(section("Pull (c: copy the first)"))
+    parts += [Text(line, overflow="fold", no_wrap=True) for line in pull]
     body = manifest.body
     if footprint.children:
         parts.append(section("Platforms"))

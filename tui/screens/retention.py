@@ -39,7 +39,7 @@ def parse_rules(keep: str, days: str, pattern: str) -> Rules:
 class RetentionScreen(Screen[dict]):
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("ctrl+d", "apply", "Prune"),
+        Binding("f9", "apply", "Prune"),
     ]
 
     def __init__(self, inventory: Inventory, stats: dict):
@@ -102,13 +102,20 @@ class RetentionScreen(Screen[dict]):
         if message.note:
             text.append("\n" + message.note, style="yellow")
         if not message.plan.empty:
-            text.append("\nctrl+d: prune", style="bold")
+            text.append("\nenter: prune (you will be asked to confirm)", style="bold")
         self.query_one("#preview", Static).update(text)
 
     @on(LoadFailed)
     def failed(self, message: LoadFailed) -> None:
         self.plan = None
         self.query_one("#preview", Static).update(f"[red]{message.error}[/red]")
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.action_apply()
+
+    def finished(self, result: dict | None) -> None:
+        self.dismiss(result or {})
 
     def action_back(self) -> None:
         self.dismiss({})
@@ -121,6 +128,6 @@ class RetentionScreen(Screen[dict]):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.app.push_screen(ProgressScreen(plan.repository, plan), self.dismiss)
+                self.app.push_screen(ProgressScreen(plan.repository, plan), self.finished)
         self.app.push_screen(ConfirmScreen("Prune by retention rules",
                                            describe_plan(plan, self.inventory.by_digest())), answered)
