@@ -34,6 +34,7 @@ from .tokens import TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, 
 log = logging.getLogger("dockyard.auth")
 
 TOKEN_PATH = "/auth/token"
+ANONYMOUS_BASIC = "Og=="  # base64(":"): no user, no password
 MAX_FORM = 64 * 1024
 
 
@@ -246,6 +247,8 @@ class AuthMiddleware:
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
+            if value.strip() == ANONYMOUS_BASIC:
+                return Identity()  # containers/image answers a Basic challenge with empty credentials
             credentials = _basic_credentials(value)
             if credentials is None or not self.check_password(*credentials):
                 raise self.unauthorized(req, None, "invalid username or password")
@@ -313,7 +316,9 @@ class AuthMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path == self.token_path:
             return  # the token endpoint checks its own credentials
+        req.context.auth_failed = True  # until authenticated: the ratelimit middleware counts failed logins
         identity = self.authenticate(req)
+        req.context.auth_failed = False
         req.context.identity = identity
         req.context.user = identity.user
         if req.path.startswith("/v2/_dockyard"):
@@ -349,12 +354,15 @@ class TokenResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         header = req.get_header("Authorization")
         user = None
-        if header:
+        req.context.auth_failed = False
+        if header and header.partition(" ")[2].strip() != ANONYMOUS_BASIC:
+            req.context.auth_failed = True
             scheme, _, value = header.partition(" ")
             credentials = _basic_credentials(value) if scheme.lower() == "basic" else None
             if credentials is None or not self.auth.check_password(*credentials):
                 raise self._refused(req)
             user = credentials[0]
+            req.context.auth_failed = False
         self._answer(req, resp, user, req.get_param("service"), req.get_param_as_list("scope") or [])
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -368,6 +376,7 @@ class TokenResource:
                               status=400, message="unsupported grant type")
         user, password = (form.get("username") or [""])[0], (form.get("password") or [""])[0]
         if not user or not self.auth.check_password(user, password):
+            req.context.auth_failed = True
             raise self._refused(req)
         self._answer(req, resp, user, (form.get("service") or [None])[0], form.get("scope") or [])
 

@@ -3,9 +3,10 @@
 The buckets live in a small SQLite database in the data directory (WAL, `synchronous=OFF`: a lost bucket after a
 power cut only forgives a few requests), one short `BEGIN IMMEDIATE` transaction per request, so the 4 workers of a
 host draw from one bucket per client instead of allowing 4x the rate. The client is the user when authenticated,
-else the address (`X-Forwarded-For` believed only from trusted proxies). A 401 answered to a request that carried
-credentials takes a token from the `failed_login` bucket of the address; while it is empty, requests with
-credentials from there get 429 before any password is checked.
+else the address (`X-Forwarded-For` believed only from trusted proxies). A failed login (the auth middleware's
+`req.context.auth_failed`; without it, a 401 to a request that carried credentials) takes a token from the
+`failed_login` bucket of the address; while it is empty, requests with credentials from there get 429 before any
+password is checked.
 """
 
 from __future__ import annotations
@@ -197,5 +198,8 @@ class RateLimit:
             raise self._refuse(wait, klass)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        if resp.status_code == 401 and req.get_header("Authorization") and not self._exempt(req):
+        failed = req.context.get("auth_failed")  # set by the auth middleware; else any 401 to credentials
+        if failed is None:
+            failed = resp.status_code == 401 and bool(req.get_header("Authorization"))
+        if failed and not self._exempt(req):
             self.store.take(f"failed_login:{self._address(req)}", self.limits["failed_login"])

@@ -325,6 +325,16 @@ def free_port_number() -> int:
 def start_dockyard(tmp_path_factory):
     """Start extra `dockyard serve` processes of a test's own (own data dir, config, worker count); all are
     stopped at the end of the test. `start_dockyard(data=None, config=None, workers=2) -> Registry`."""
+    yield from _dockyard_starter(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def start_dockyard_module(tmp_path_factory):
+    """`start_dockyard` for servers shared by the tests of one module (e.g. one per auth mode)."""
+    yield from _dockyard_starter(tmp_path_factory)
+
+
+def _dockyard_starter(tmp_path_factory):
     started: list[Registry] = []
 
     def start(data: Path | None = None, config: str | None = None, workers: int = 2) -> Registry:
@@ -541,10 +551,11 @@ class Skopeo:
         (home / "tmp").mkdir(exist_ok=True)
         self.env = {**os.environ, "REGISTRY_AUTH_FILE": str(home / "auth.json")}
 
-    def __call__(self, *args, timeout: float = 120, check: bool = True, debug: bool = False) -> Result:
+    def __call__(self, *args, timeout: float = 120, check: bool = True, debug: bool = False,
+                 input: bytes | None = None) -> Result:
         argv = [self.bin, "--policy", self.policy, "--tmpdir", self.home / "tmp", *(["--debug"] if debug else []),
                 *args]
-        return run(argv, timeout=timeout, env=self.env, check=check)
+        return run(argv, timeout=timeout, env=self.env, check=check, input=input)
 
     def docker_ref(self, repo: str, ref: str) -> str:
         sep = "@" if ref.startswith("sha256:") else ":"
@@ -576,10 +587,10 @@ class Podman:
                     "CONTAINERS_STORAGE_CONF": str(home / "storage.conf"),
                     "CONTAINERS_REGISTRIES_CONF": str(home / "registries.conf"), "TMPDIR": str(home / "tmp")}
 
-    def __call__(self, *args, timeout: float = 120, check: bool = True) -> Result:
+    def __call__(self, *args, timeout: float = 120, check: bool = True, input: bytes | None = None) -> Result:
         argv = [self.bin, "--root", self.home / "root", "--runroot", self.home / "run", "--storage-driver", "vfs",
                 "--tmpdir", self.home / "tmp", "--events-backend", "none", "--cgroup-manager", "cgroupfs", *args]
-        return run(argv, timeout=timeout, env=self.env, check=check)
+        return run(argv, timeout=timeout, env=self.env, check=check, input=input)
 
 
 @pytest.fixture(scope="session")
@@ -615,8 +626,8 @@ class Docker:
                 pytest.fail(f"dockerd did not come up:\n{log_text}", pytrace=False)
             time.sleep(0.2)
 
-    def __call__(self, *args, timeout: float = 180, check: bool = True) -> Result:
-        return run([self.client, *args], timeout=timeout, env=self.env, check=check)
+    def __call__(self, *args, timeout: float = 180, check: bool = True, input: bytes | None = None) -> Result:
+        return run([self.client, *args], timeout=timeout, env=self.env, check=check, input=input)
 
     def stop(self) -> str | None:
         return stop_process(self.proc, "dockerd")

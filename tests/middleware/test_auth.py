@@ -42,6 +42,16 @@ def test_api_root_needs_authentication_basic(tmp_path):
     assert app.get("/v2/", headers={"Authorization": "Basic !!!"}, status=401)
 
 
+def test_empty_basic_credentials_are_anonymous(tmp_path):
+    """skopeo and podman answer a Basic challenge with `Basic Og==` (no user, no password) when they have none."""
+    seed(plain_client(tmp_path), "public/lib")
+    seed(plain_client(tmp_path), "team/app")
+    app = auth_app(tmp_path)
+    empty = {"Authorization": "Basic Og=="}
+    assert app.get("/v2/public/lib/tags/list", headers=empty).json["tags"] == ["v1"]
+    assert app.get("/v2/team/app/tags/list", headers=empty, status=401)
+
+
 @pytest.mark.parametrize("method, path, scope", [
     ("GET", "/v2/", None),
     ("GET", "/v2/team/app/manifests/v1", "repository:team/app:pull"),
