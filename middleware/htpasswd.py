@@ -10,6 +10,8 @@ effect at once. Failures are never cached. `write_users` rewrites a file atomica
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -79,6 +81,48 @@ def write_users(path: str | os.PathLike, users: dict[str, str]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+USER_RE_FORBIDDEN = (":", "\n", "\r", " ", "\t")
+
+
+def check_user_name(user: str) -> None:
+    if not user or any(c in user for c in USER_RE_FORBIDDEN) or len(user) > 255:
+        raise ValueError(f"invalid user name {user!r}: no ':' or whitespace, 1 to 255 characters")
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """An exclusive lock beside the file, so two `dockyard user` runs never lose each other's change."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def add_user(path: str | os.PathLike, user: str, password: str, *, rounds: int = 10) -> bool:
+    """Add or replace a user; True if the user is new."""
+    check_user_name(user)
+    if not password:
+        raise ValueError("empty password")
+    hashed = hash_password(password, rounds)
+    with locked(path):
+        users = read_users(path)
+        new = user not in users
+        users[user] = hashed
+        write_users(path, users)
+    return new
+
+
+def remove_user(path: str | os.PathLike, user: str) -> bool:
+    """Remove a user; False if there was none of that name."""
+    with locked(path):
+        users = read_users(path)
+        if users.pop(user, None) is None:
+            return False
+        write_users(path, users)
+    return True
 
 
 class Htpasswd:

@@ -1,4 +1,4 @@
-"""The `dockyard` command: `serve` runs the registry under gunicorn."""
+"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user` manage it."""
 
 from __future__ import annotations
 
@@ -65,6 +65,56 @@ def _human(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _htpasswd_path(args: argparse.Namespace) -> str | None:
+    if args.htpasswd:
+        return args.htpasswd
+    config = load_config(args.config)
+    for entry in config.middleware:
+        if entry["name"] == "auth" and entry["options"].get("htpasswd"):
+            return entry["options"]["htpasswd"]
+    return None
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+    password = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Again: ") != password:
+        raise ValueError("the passwords differ")
+    return password
+
+
+def _user(args: argparse.Namespace) -> int:
+    from dockyard.middleware import htpasswd
+
+    path = _htpasswd_path(args)
+    if path is None:
+        print("dockyard user: no htpasswd file: pass --htpasswd FILE, or configure the auth middleware's "
+              "htpasswd option (--config FILE)", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        for name in sorted(htpasswd.read_users(path)):
+            print(name)
+        return 0
+    if not args.name:
+        print(f"dockyard user {args.action}: a user name is required", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "add":
+            new = htpasswd.add_user(path, args.name, _read_password(args), rounds=args.rounds)
+            print(f"{'added' if new else 'updated'} {args.name} in {path}")
+        elif not htpasswd.remove_user(path, args.name):
+            print(f"dockyard user remove: no user {args.name!r} in {path}", file=sys.stderr)
+            return 1
+        else:
+            print(f"removed {args.name} from {path}")
+    except ValueError as exc:
+        print(f"dockyard user {args.action}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="A container image registry.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "live manifest)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(func=_gc)
+    user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
+    user.add_argument("action", choices=("add", "remove", "list"))
+    user.add_argument("name", nargs="?", help="user name (add, remove)")
+    user.add_argument("--htpasswd", metavar="FILE",
+                      help="htpasswd file (default: the auth middleware's htpasswd option in the config file)")
+    user.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    user.add_argument("--rounds", type=int, default=10, choices=range(4, 16), metavar="4..15",
+                      help="bcrypt cost (default 10)")
+    user.set_defaults(func=_user)
     return parser
 
 
