@@ -1,0 +1,475 @@
+"""Issue 7's benchmark: every figure, Dockyard next to the reference registry, in one run, with the goals.
+
+Run from the repository root:
+
+    python bench/run.py [--quick] [--only FIGURE,...] [--rounds N] [--duration SECONDS] [--json PATH]
+
+Starts Dockyard as deployed (`dockyard serve`: gunicorn, its default workers; and a second `dockyard serve` on
+the same data directory with `accel_redirect`, behind real nginx, for the pull-through-nginx figure) and the
+reference registry (Distribution 2.8.2, also behind the same nginx), each on free 127.0.0.1 ports with data in a
+temporary directory; seeds both identically over the HTTP API; then runs one discarded warm-up round and N timed
+rounds of every figure, the two registries alternating which goes first, and prints medians, ratios and whether
+each goal is met, with nproc and the load average at the start and the end. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blobs
+from harness import (
+    DOCKYARD_CMD,
+    BenchError,
+    Target,
+    alternate,
+    cell,
+    dockyard,
+    format_size,
+    load_average,
+    main_guard,
+    median,
+    nproc,
+    parse_size,
+    progress,
+    ratio,
+    reference_registry,
+)
+from nginx_front import ACCEL_PREFIX, nginx
+from rates import (
+    WRK_CONNECTIONS,
+    WRK_THREADS,
+    run_wrk,
+    small_blobs,
+    small_uploads,
+    tag_puts,
+    wrk_binary,
+)
+from seed import DOCKER_ACCEPT, Connection, Image, Seeder, image_config
+
+REGISTRIES = ["dockyard", "reference"]
+MANIFEST_REPO = "bench/manifest"
+TAGS_REPO = "bench/tags"
+TAG_PUT_REPO = "bench/tagput"
+UPLOADS_REPO = "bench/small"
+CATALOG_PREFIX = "bench/catalog/r"
+SEED_THREADS = 16
+
+# The figures, in table order. `--only` takes these names (and "blobs" for the first three and the memory).
+BLOB_FIGURES = ["push_monolithic", "push_chunked", "pull"]
+WRK_FIGURES = ["manifest_tag", "manifest_digest", "tags_list", "tags_page", "catalog"]
+ALL_FIGURES = [*BLOB_FIGURES, "pull_nginx", "manifest_tag", "manifest_digest", "tag_put", "tags_list", "tags_page",
+               "catalog", "small_uploads", "memory"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does: sizes, counts and durations (full or --quick)."""
+
+    blob_size: int
+    chunk: int
+    rounds: int
+    duration: float  # seconds per wrk measurement
+    warmup_duration: float
+    tag_count: int  # tags in TAGS_REPO
+    repository_count: int  # repositories with one tagged manifest each, for _catalog
+    tag_puts: int  # per round
+    uploads: int  # per round
+    upload_size: int
+    upload_threads: int
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    return Plan(
+        blob_size=args.size or (128 << 20 if quick else 1 << 30),
+        chunk=args.chunk,
+        rounds=args.rounds or (1 if quick else 3),
+        duration=args.duration or (3.0 if quick else 10.0),
+        warmup_duration=1.0 if quick else 2.0,
+        tag_count=10_000,
+        repository_count=1_000,
+        tag_puts=200 if quick else 500,
+        uploads=500 if quick else 2_000,
+        upload_size=16 << 10,
+        upload_threads=50,
+    )
+
+
+# --- Seeding ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seeded:
+    image: Image
+    tags: list[str]
+    repositories: list[str]
+
+
+def seed(port: int, plan: Plan, figures: set[str]) -> Seeded:
+    """The same repositories, tags and manifests on a registry, over its HTTP API, in parallel."""
+    conn = Connection(port)
+    config, layer = image_config("bench"), b"bench layer\n" * 100
+    image = conn.push_image(MANIFEST_REPO, config, [layer], "latest")
+    conn.push_image(TAG_PUT_REPO, config, [layer], "base")
+    conn.close()
+    seeder = Seeder(port, SEED_THREADS)
+    tags = []
+    if figures & {"tags_list", "tags_page"}:
+        conn.push_image(TAGS_REPO, config, [layer], "base")
+        conn.close()
+        tags = [f"t{index:05d}" for index in range(plan.tag_count)]
+        seeder.run(lambda c, tag: c.put_manifest(TAGS_REPO, tag, image.manifest), tags)
+    repositories = []
+    if "catalog" in figures:
+        repositories = [f"{CATALOG_PREFIX}{index:04d}" for index in range(plan.repository_count)]
+        seeder.run(lambda c, repository: c.push_image(repository, config, [layer], "latest"), repositories)
+    return Seeded(image, tags, repositories)
+
+
+def check_answers(port: int, name: str, seeded: Seeded, figures: set[str]) -> dict[str, str]:
+    """What each GET figure answers, checked once before timing; notes on answers that differ from Dockyard's."""
+    notes = {}
+    conn = Connection(port)
+    try:
+        for reference in ("latest", seeded.image.digest):
+            answer = conn.expect("GET", f"/v2/{MANIFEST_REPO}/manifests/{reference}", 200,
+                                 headers={"Accept": DOCKER_ACCEPT})
+            if answer.body != seeded.image.manifest or answer.headers.get("Docker-Content-Digest") != seeded.image.digest:
+                raise BenchError(f"{name}: GET manifest {reference} did not answer the manifest pushed")
+        if seeded.tags:
+            listed = json.loads(conn.expect("GET", f"/v2/{TAGS_REPO}/tags/list", 200).body)["tags"]
+            if sorted(listed) != sorted([*seeded.tags, "base"]):
+                raise BenchError(f"{name}: tags/list answered {len(listed)} tags, not the {len(seeded.tags) + 1} seeded")
+            page = json.loads(conn.expect("GET", f"/v2/{TAGS_REPO}/tags/list?n=100", 200).body)["tags"]
+            if len(page) != 100:
+                notes["tags_page"] = f"{name} ignores n: tags/list?n=100 answered all {len(page)} tags"
+        if seeded.repositories:
+            page = json.loads(conn.expect("GET", "/v2/_catalog?n=100", 200).body)["repositories"]
+            if len(page) != 100:
+                raise BenchError(f"{name}: _catalog?n=100 answered {len(page)} repositories")
+    finally:
+        conn.close()
+    return notes
+
+
+# --- Request-rate rounds ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RateResults:
+    """Per registry and figure: one result dict per timed round (keys: per_s, p50_ms, p99_ms, errors, ...)."""
+
+    rounds: dict[str, dict[str, list[dict]]] = field(default_factory=lambda: {r: {} for r in REGISTRIES})
+    warmup: dict[str, dict[str, dict]] = field(default_factory=lambda: {r: {} for r in REGISTRIES})
+
+    def add(self, registry: str, figure: str, number: int, result: dict) -> None:
+        if number == 0:
+            self.warmup[registry][figure] = result
+        else:
+            self.rounds[registry].setdefault(figure, []).append(result)
+
+    def median(self, registry: str, figure: str, key: str) -> float | None:
+        return median([r[key] for r in self.rounds[registry].get(figure, [])])
+
+    def total(self, registry: str, figure: str, key: str) -> int | None:
+        results = self.rounds[registry].get(figure)
+        return None if results is None else sum(r.get(key, 0) for r in results)
+
+
+def wrk_paths(image: Image) -> dict[str, tuple[str, dict[str, str]]]:
+    accept = {"Accept": DOCKER_ACCEPT}
+    return {
+        "manifest_tag": (f"/v2/{MANIFEST_REPO}/manifests/latest", accept),
+        "manifest_digest": (f"/v2/{MANIFEST_REPO}/manifests/{image.digest}", accept),
+        "tags_list": (f"/v2/{TAGS_REPO}/tags/list", {}),
+        "tags_page": (f"/v2/{TAGS_REPO}/tags/list?n=100", {}),
+        "catalog": ("/v2/_catalog?n=100", {}),
+    }
+
+
+def rate_rounds(targets: list[Target], plan: Plan, figures: list[str], image: Image) -> RateResults:
+    results = RateResults()
+    paths = wrk_paths(image)
+    run_id = os.urandom(4).hex()
+    for number in range(plan.rounds + 1):
+        warm = number == 0
+        progress("warm-up round (discarded)" if warm else f"round {number}/{plan.rounds}")
+        for figure in figures:
+            # Made before the clock starts, the same for both registries.
+            uploads = small_blobs(f"{run_id} {number}", plan.uploads, plan.upload_size) if figure == "small_uploads" else []
+            for target in alternate(targets, number):
+                os.sync()
+                if figure in paths:
+                    path, headers = paths[figure]
+                    seconds = plan.warmup_duration if warm else plan.duration
+                    result = wrk_result(run_wrk(target.port, path, seconds, headers))
+                elif figure == "tag_put":
+                    tags = [f"{run_id}-{number}-{index}" for index in range(plan.tag_puts)]
+                    result = tag_puts(target.port, TAG_PUT_REPO, image.manifest, tags).as_dict()
+                else:
+                    result = small_uploads(target.port, UPLOADS_REPO, uploads, plan.upload_threads).as_dict()
+                results.add(target.name, figure, number, result)
+                progress(f"  {figure:<16} {target.name:<9} {describe(result)}")
+    return results
+
+
+def wrk_result(result) -> dict:
+    return result.as_dict() | {"per_s": result.requests_per_s, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+
+
+def describe(result: dict) -> str:
+    text = f"{result['per_s']:.0f}/s"
+    if "p99_ms" in result:
+        text += f", p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
+    if result.get("errors"):
+        text += f", {result['errors']} errors"
+        if result.get("first_error"):
+            text += f" (first: {result['first_error'][:200]})"
+    return text
+
+
+# --- The table ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    unit: str
+    dockyard: float | None
+    reference: float | None
+    goal: str = ""  # how it reads in the table
+    check: Callable[[float | None, float | None], bool] | None = None  # (dockyard value, ratio) -> met?
+
+    @property
+    def ratio(self) -> float | None:
+        return ratio(self.dockyard, self.reference)
+
+    @property
+    def met(self) -> str:
+        if self.check is None:
+            return ""
+        if self.dockyard is None:
+            return "-"
+        return "yes" if self.check(self.dockyard, self.ratio) else "NO"
+
+
+def at_least(times: float) -> tuple[str, Callable]:
+    return f">= {times:g}x", lambda value, r: r is not None and r >= times
+
+
+def at_most(times: float) -> tuple[str, Callable]:
+    return f"<= {times:g}x", lambda value, r: r is not None and r <= times
+
+
+def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan, figures: list[str]) -> list[Row]:
+    rows = []
+    size = format_size(plan.blob_size)
+    if blob_results:
+        by_name = {r.target.name: r for r in blob_results}
+
+        def mb(figure: str) -> list[float | None]:
+            return [by_name[n].median_mb_per_s(figure) if figure in by_name[n].rounds else None for n in REGISTRIES]
+
+        labels = {"push_monolithic": (f"{size} push, monolithic", at_least(3)),
+                  "push_chunked": (f"{size} push, {format_size(plan.chunk)} PATCH chunks", at_least(3)),
+                  "pull": (f"{size} pull, direct", at_least(1)),
+                  "pull_proxy": (f"{size} pull, through nginx", at_least(1))}
+        for figure, (label, (goal, check)) in labels.items():
+            if figure in by_name["dockyard"].rounds and (figure in figures or figure == "pull_proxy"):
+                rows.append(Row(label, "MB/s", *mb(figure), goal, check))
+    if rates:
+        labels = {
+            "manifest_tag": "manifest GET by tag",
+            "manifest_digest": "manifest GET by digest",
+            "tag_put": "tag PUT, sequential",
+            "tags_list": f"tags/list, {plan.tag_count:,} tags",
+            "tags_page": "tags/list?n=100 (reference: ignores n)",
+            "catalog": f"_catalog?n=100, {plan.repository_count:,} repos",
+            "small_uploads": f"{plan.uploads:,} x {format_size(plan.upload_size)} uploads, {plan.upload_threads} thr",
+        }
+        goals = {"manifest_tag": at_least(4), "manifest_digest": at_least(4), "tag_put": at_least(3),
+                 "tags_list": at_least(5), "tags_page": at_least(20), "catalog": at_least(20),
+                 "small_uploads": at_least(2)}
+        units = {"tag_put": "PUT/s", "small_uploads": "uploads/s"}
+        for figure, label in labels.items():
+            if figure not in figures:
+                continue
+            values = [rates.median(n, figure, "per_s") for n in REGISTRIES]
+            rows.append(Row(label, units.get(figure, "req/s"), *values, *goals[figure]))
+            if figure != "small_uploads":
+                p99 = [rates.median(n, figure, "p99_ms") for n in REGISTRIES]
+                goal = at_most(0.25) if figure == "manifest_tag" else ("", None)
+                rows.append(Row(f"  {label}, p99", "ms", *p99, *goal))
+            errors = [rates.total(n, figure, "errors") for n in REGISTRIES]
+            if figure == "small_uploads" or any(errors):
+                rows.append(Row(f"  {label}, errors", "count", *errors, "0", lambda value, r: value == 0))
+    if blob_results and "memory" in figures:
+        by_name = {r.target.name: r for r in blob_results}
+
+        def worst(name: str, attribute: str) -> float | None:
+            peaks = [by_name[name].peak(f, attribute) for f in ("push_monolithic", "push_chunked")]
+            return None if None in peaks else max(peaks) / (1 << 20)
+
+        rows.append(Row(f"peak RSS per process, {size} push", "MiB", worst("dockyard", "peak_process"),
+                        worst("reference", "peak_process"), "<= 80 MiB", lambda value, r: value <= 80))
+        rows.append(Row("  the same process before the push", "MiB", worst("dockyard", "first_process"),
+                        worst("reference", "first_process")))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    width = max(len(row.label) for row in rows)
+    header = f"{'figure':<{width}}  {'unit':<9}{'dockyard':>10}{'reference':>11}{'ratio':>8}  {'goal':<11}met"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        show = (lambda v: "-" if v is None else f"{v:.0f}") if row.unit == "count" else cell
+        lines.append(
+            f"{row.label:<{width}}  {row.unit:<9}{show(row.dockyard):>10}{show(row.reference):>11}"
+            f"{cell(row.ratio):>8}  {row.goal:<11}{row.met}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+# --- The run ------------------------------------------------------------------------------------------------
+
+
+def selected(args: argparse.Namespace) -> list[str]:
+    if not args.only:
+        return list(ALL_FIGURES)
+    chosen = set()
+    for name in args.only.split(","):
+        name = name.strip()
+        if name == "blobs":
+            chosen |= {*BLOB_FIGURES, "memory"}
+        elif name in ALL_FIGURES:
+            chosen.add(name)
+        else:
+            raise BenchError(f"--only: no figure {name!r}; choose from blobs, {', '.join(ALL_FIGURES)}")
+    if chosen & {"pull_nginx", "memory"}:
+        chosen |= set(BLOB_FIGURES)  # they need the pushed blobs (and are measured with them)
+    return [f for f in ALL_FIGURES if f in chosen]
+
+
+def run(args: argparse.Namespace) -> int:
+    figures = selected(args)
+    plan = make_plan(args)
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    load_start = load_average()
+    rate_figures = [f for f in figures if f in WRK_FIGURES or f in ("tag_put", "small_uploads")]
+    if any(f in WRK_FIGURES for f in figures):
+        wrk_binary()
+    blob_results = rates = None
+    notes: dict[str, str] = {}
+    commands: dict[str, list[str]] = {}
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dockyard-bench-")))
+        if BLOB_FIGURES[0] in figures:
+            blobs.check_disk(workdir, plan.blob_size, plan.rounds, 2)
+        targets = []
+        for name in REGISTRIES:
+            (workdir / name).mkdir()
+            progress(f"starting {name}")
+            server = dockyard(workdir / name, args.dockyard_cmd) if name == "dockyard" else reference_registry(
+                workdir / name)
+            targets.append(stack.enter_context(server))
+            commands[name] = targets[-1].command
+        proxies = None
+        if "pull_nginx" in figures:
+            (workdir / "dockyard-accel").mkdir()
+            progress("starting dockyard with accel_redirect (the same data directory), for nginx")
+            accel = stack.enter_context(dockyard(
+                workdir / "dockyard-accel", args.dockyard_cmd, name="dockyard-accel", data=workdir / "dockyard" / "data",
+                settings={"accel_redirect": ACCEL_PREFIX, "trusted_proxies": "127.0.0.1"}))
+            commands["dockyard behind nginx"] = accel.command
+            front = stack.enter_context(nginx(workdir, accel.port, workdir / "dockyard" / "data", targets[1].port))
+            proxies = {"dockyard": front.ports["dockyard"], "reference": front.ports["reference"]}
+            notes["pull_nginx"] = (f"pull through nginx: Dockyard with X-Accel-Redirect, nginx site from "
+                                   f"{front.dockyard_site}; the reference through the same nginx as a plain proxy")
+        image = None
+        if rate_figures:
+            for target in targets:
+                progress(f"seeding {target.name}")
+                seeding_started = time.perf_counter()
+                seeded = seed(target.port, plan, set(figures))
+                progress(f"  {len(seeded.tags):,} tags in {TAGS_REPO}, {len(seeded.repositories):,} more repositories, "
+                         f"in {time.perf_counter() - seeding_started:.1f} s")
+                notes |= check_answers(target.port, target.name, seeded, set(figures))
+                image = seeded.image
+        if BLOB_FIGURES[0] in figures:
+            progress(f"writing the {format_size(plan.blob_size)} payload")
+            payload = stack.enter_context(blobs.payload_file(workdir / "payload", plan.blob_size))
+            blob_results = blobs.run_rounds(targets, payload, plan.rounds, plan.chunk, proxies)
+        if rate_figures:
+            rates = rate_rounds(targets, plan, rate_figures, image)
+        load_end = load_average()
+        # Printed before the teardown: removing the reference's directory tree can take minutes on a busy disk.
+        report(args, plan, figures, started_at, (load_start, load_end), blob_results, rates, notes, commands)
+        progress("stopping the servers and removing their data (the reference's many small files take a while)")
+    return 0
+
+
+def report(args: argparse.Namespace, plan: Plan, figures: list[str], started_at: str, load: tuple[float, float],
+           blob_results: list | None, rates: RateResults | None, notes: dict[str, str],
+           commands: dict[str, list[str]]) -> None:
+    rows = table_rows(blob_results, rates, plan, figures)
+    print()
+    print(f"python bench/run.py {' '.join(sys.argv[1:])}".rstrip() + f"    ({started_at})")
+    print(f"nproc {nproc()}; load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at end")
+    print(f"median of {plan.rounds} round(s) after 1 discarded warm-up, the two registries alternating; "
+          f"wrk {WRK_THREADS} threads {WRK_CONNECTIONS} connections {plan.duration:g} s; 1 MB = 10^6 bytes; "
+          "ratio = dockyard / reference\n")
+    print(format_table(rows))
+    for note in notes.values():
+        print(f"note: {note}")
+    if args.json:
+        document = {
+            "started_at": started_at, "argv": sys.argv[1:], "nproc": nproc(),
+            "loadavg_1min": {"start": load[0], "end": load[1]}, "plan": plan.__dict__, "commands": commands,
+            "notes": notes,
+            "table": [{"figure": r.label.strip(), "unit": r.unit, "dockyard": r.dockyard, "reference": r.reference,
+                       "ratio": r.ratio, "goal": r.goal, "met": r.met} for r in rows],
+            "blobs": {r.target.name: blobs.figures_json(r) for r in blob_results or []},
+            "rates": {"rounds": rates.rounds, "warmup": rates.warmup} if rates else None,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nresults written to {args.json}")
+    sys.stdout.flush()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced run: 128 MiB blobs, 1 round, 3 s wrk runs, fewer PUTs and uploads")
+    parser.add_argument("--only", help=f"comma-separated figures: blobs, {', '.join(ALL_FIGURES)}")
+    parser.add_argument("--rounds", type=int, help="timed rounds after one warm-up (default 3, --quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk measurement (default 10, --quick 3)")
+    parser.add_argument("--size", type=parse_size, help="blob size (default 1GiB, --quick 128MiB)")
+    parser.add_argument("--chunk", type=parse_size, default="8MiB", help="PATCH size of the chunked push")
+    parser.add_argument("--dockyard-cmd", default=DOCKYARD_CMD,
+                        help=f"command that serves Dockyard; {{port}} and {{data}} are filled in "
+                             f"(default: {DOCKYARD_CMD!r})")
+    parser.add_argument("--json", type=Path, help="also write every figure and round as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.duration is not None and args.duration < 1:
+        parser.error("--duration must be at least 1 second")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return main_guard(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
