@@ -15,9 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -31,7 +30,6 @@ from .access import ACTIONS, DELETE, PULL, PUSH, Access, required_access
 from .htpasswd import Htpasswd
 from .tokens import TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, load_or_create_key, parse_scopes
 
-log = logging.getLogger("dockyard.auth")
 
 TOKEN_PATH = "/auth/token"
 ANONYMOUS_BASIC = "Og=="  # base64(":"): no user, no password
@@ -92,7 +90,6 @@ class Identity:
     grants: dict | None = None
     own_token: bool = True
     scheme: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:

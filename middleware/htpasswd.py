@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import logging
@@ -29,8 +30,12 @@ log = logging.getLogger("dockyard.auth")
 
 BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
 CACHE_LIMIT = 10000
-# Compared against when the user is unknown, so a wrong user name costs as much as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"dockyard", bcrypt.gensalt(rounds=10))
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """Checked against when the user is unknown, so a wrong user name costs as much as a wrong password."""
+    return bcrypt.hashpw(b"dockyard", bcrypt.gensalt(rounds=10))
 
 
 def parse(text: str, source: str = "htpasswd") -> dict[str, bytes]:
@@ -170,7 +175,7 @@ class Htpasswd:
         if hashed is not None and cached is not None and cached[1] > now and hmac.compare_digest(cached[0], hashed):
             return True
         try:
-            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _dummy_hash())
         except ValueError:  # a malformed hash in the file
             ok = False
         if ok and hashed is not None:

@@ -11,7 +11,6 @@ file), so Dockyard can sit behind an existing token server.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import tempfile
@@ -157,7 +156,3 @@ def granted_actions(claims: dict) -> dict[tuple[str, str], set[str]]:
             grants.setdefault((str(entry.get("type")), entry["name"]), set()).update(
                 a for a in actions if isinstance(a, str))
     return grants
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"))

@@ -212,6 +212,26 @@ def test_one_key_for_every_start(tmp_path):
                audience="dockyard-test")
 
 
+def test_workers_starting_together_agree_on_one_key(tmp_path):
+    import multiprocessing
+    from dockyard.middleware.tokens import load_or_create_key
+
+    path = tmp_path / "auth" / "token-key.pem"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        keys = pool.starmap(_public_pem, [(path,)] * 8)
+    assert len(set(keys)) == 1
+    assert keys[0] == _public_pem(path)
+    assert [p.name for p in path.parent.iterdir()] == ["token-key.pem"]  # no temp file left behind
+    assert load_or_create_key(path, "ES256")
+
+
+def _public_pem(path):
+    from dockyard.middleware.tokens import load_or_create_key
+    key = load_or_create_key(path, "ES256")
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 @pytest.mark.parametrize("form", ["public_key", "jwks"])
 def test_external_issuer(tmp_path, form):
     """Dockyard behind an existing token server: its tokens are accepted, their grants are what counts."""
