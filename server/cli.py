@@ -115,6 +115,42 @@ def _user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """Load the configuration and build the middleware chain as `serve` would; print the effective settings."""
+    import json
+
+    from dockyard.middleware import MiddlewareContext, build_chain
+
+    from .config import SETTINGS
+    from .urls import ExternalURLs
+
+    config = load_config(args.config, overrides={"bind": args.bind, "data": args.data, "workers": args.workers})
+    try:
+        ExternalURLs.from_config(config)
+        if config.accel_redirect and not config.accel_redirect.startswith("/"):
+            raise ConfigError(f"setting 'accel_redirect': must be a location path starting with '/', got "
+                              f"{config.accel_redirect!r}")
+        chain = build_chain(config.middleware, MiddlewareContext(config))
+    except ConfigError:
+        raise
+    except Exception as exc:  # a middleware refusing its options, or one that cannot be imported
+        print(f"dockyard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"# effective configuration{' from ' + config.config if config.config else ' (no config file)'}")
+    for name in SETTINGS:
+        if name == "middleware":
+            continue
+        value = getattr(config, name)
+        shown = str(value).lower() if isinstance(value, bool) else json.dumps(value) if isinstance(value, (str, int)) \
+            else repr(value)
+        print(f"{name} = {shown}")
+    print(f"# workers actually started: {config.worker_count}")
+    print(f"# middleware chain ({len(chain)}), in order:")
+    for entry, component in zip(config.middleware, chain):
+        print(f"#   {entry['name']}: {type(component).__module__}.{type(component).__qualname__}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="A container image registry.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
     serve.add_argument("--workers", type=int, help="worker processes (default: two per core)")
     serve.set_defaults(func=_serve)
+    check = commands.add_parser("check-config", help="load the config and the middleware chain, print the "
+                                                     "effective settings; exit 2 with the message on error")
+    check.add_argument("--bind", help="as for serve")
+    check.add_argument("--data", help="as for serve")
+    check.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    check.add_argument("--workers", type=int, help="as for serve")
+    check.set_defaults(func=_check_config)
     gc = commands.add_parser("gc", help="collect garbage (safe while the registry runs)")
     gc.add_argument("--data", help="data directory (default ./data, as for serve)")
     gc.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
