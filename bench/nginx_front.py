@@ -96,6 +96,15 @@ server {{
 """
 
 
+def accel_prefix() -> str:
+    """The `internal` location Dockyard's X-Accel-Redirect must name: the deploy site's, or ours."""
+    if DEPLOY_SITE.is_file():
+        text = re.sub(r"#[^\n]*", "", DEPLOY_SITE.read_text())
+        if found := re.search(r"location\s+(/\S*?)/?\s*\{[^}]*\binternal\s*;", text):
+            return found[1]
+    return ACCEL_PREFIX
+
+
 @dataclass(frozen=True)
 class Front:
     """Ports of nginx's server blocks, by registry name; where the Dockyard site came from."""
@@ -105,19 +114,34 @@ class Front:
 
 
 def deploy_site(upstream: str, listen: str, blobs: Path) -> str | None:
-    """deploy/nginx/dockyard.conf adapted to this run, or None when there is none to adapt."""
+    """deploy/nginx/dockyard.conf adapted to this run (plain HTTP on `listen`), or None when there is none."""
     if not DEPLOY_SITE.is_file():
         return None
-    text = DEPLOY_SITE.read_text()
-    text = re.sub(r"^\s*(ssl_\w+|http2)\b[^;]*;\s*$", "", text, flags=re.MULTILINE)
+    text = re.sub(r"#[^\n]*", "", DEPLOY_SITE.read_text())  # comments may hold braces
+    # The HTTP-to-HTTPS redirect block goes; the TLS block becomes a plain HTTP one on our address.
+    text = "".join(block for block in _top_level_blocks(text) if "return 301" not in block)
+    text = re.sub(r"^\s*(ssl_\w+|http2)\b[^;]*;[ \t]*$", "", text, flags=re.MULTILINE)
     text = re.sub(r"^(\s*)listen\s+[^;]*;", rf"\1listen {listen};", text, flags=re.MULTILINE)
+    text = re.sub(rf"(listen {re.escape(listen)};)(\s*listen {re.escape(listen)};)+", r"\1", text)  # [::] too
     text = re.sub(r"(upstream\s+\S+\s*\{[^}]*?server\s+)[^\s;]+", rf"\g<1>{upstream}", text, flags=re.DOTALL)
     text = re.sub(r"(alias\s+)[^;]*;", rf"\g<1>{blobs}/;", text)
-    # Several listen lines (80, 443, [::]) now all say the same: keep the first of each server block.
-    text = re.sub(rf"(listen {re.escape(listen)};)(\s*listen {re.escape(listen)};)+", r"\1", text)
-    if "return 301" in text:  # an HTTP-to-HTTPS redirect block would now shadow the real one
-        return None
     return text
+
+
+def _top_level_blocks(text: str) -> list[str]:
+    """`text` cut after each top-level `{...}` block (and trailing directives), braces balanced."""
+    blocks, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                blocks.append(text[start:index + 1])
+                start = index + 1
+    if depth != 0:
+        raise BenchError(f"{DEPLOY_SITE}: unbalanced braces")
+    return [*blocks, text[start:]]
 
 
 @contextmanager

@@ -43,7 +43,7 @@ from harness import (
     ratio,
     reference_registry,
 )
-from nginx_front import ACCEL_PREFIX, nginx
+from nginx_front import accel_prefix, nginx
 from rates import (
     WRK_CONNECTIONS,
     WRK_THREADS,
@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
             progress("starting dockyard with accel_redirect (the same data directory), for nginx")
             accel = stack.enter_context(dockyard(
                 workdir / "dockyard-accel", args.dockyard_cmd, name="dockyard-accel", data=workdir / "dockyard" / "data",
-                settings={"accel_redirect": ACCEL_PREFIX, "trusted_proxies": "127.0.0.1"}))
+                settings={"accel_redirect": accel_prefix(), "trusted_proxies": "127.0.0.1"}))
             commands["dockyard behind nginx"] = accel.command
             front = stack.enter_context(nginx(workdir, accel.port, workdir / "dockyard" / "data", targets[1].port))
             proxies = {"dockyard": front.ports["dockyard"], "reference": front.ports["reference"]}

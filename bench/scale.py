@@ -121,7 +121,7 @@ class Grower:
         tags_seconds = time.perf_counter() - started
         self.done = upto
         layer_bytes = len(indices) * LAYERS_PER_REPOSITORY * self.plan.layer_size
-        progress(f"  +{len(indices)} repositories: {format_size(layer_bytes)} of layers in {blobs_seconds:.1f} s "
+        progress(f"  +{len(indices)} repositories: {layer_bytes / 1e6:.0f} MB of layers in {blobs_seconds:.1f} s "
                  f"({layer_bytes / blobs_seconds / 1e6:.0f} MB/s), {len(items):,} manifests+tags in {tags_seconds:.1f} s "
                  f"({len(items) / tags_seconds:.0f}/s)")
         return {"blob_seconds": blobs_seconds, "tag_seconds": tags_seconds, "tags": len(items)}
