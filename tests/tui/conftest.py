@@ -172,9 +172,8 @@ def fixed_clock():
 
 
 def table_keys(app, selector: str = "KeyTable") -> list[str]:
-    """The row keys of the screen's table, top to bottom."""
-    table = app.screen.query_one(selector)
-    return [row.key.value for row in table.ordered_rows]
+    """The row keys of the screen's table, top to bottom (all of them, mounted or not yet)."""
+    return app.screen.query_one(selector).all_keys
 
 
 async def goto(pilot, key: str, selector: str = "KeyTable") -> None:

@@ -9,21 +9,21 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = """\
-[b]Everywhere[/b]   ?  help     q  quit     escape  back     ↑↓ / j k  move    g G  top/bottom
-             /  filter as you type (escape leaves the filter)
+[b]Everywhere[/b]    ?  help   q  quit   escape  back   ↑↓ or j k  move
+              g G  first/last row   /  filter as you type, enter: done
 
-[b]Repositories[/b] enter  tags of the repository     x  delete the repository (admin API)
-             C  garbage collection (admin API)     r  reload
+[b]Repositories[/b]  enter  its tags        x  delete the repository (admin API)
+              C  garbage collection (admin API)       r  reload
 
-[b]Tags[/b]         enter  manifest detail     space  mark/unmark     a  mark all shown
-             s  sort: name → date → size          o  reverse the order
-             d  delete the marked tags (or the tag under the cursor)
-             D  delete the manifest under the cursor by digest, with all its tags
-             p  retention rules: preview, then prune     C  garbage collection     r  reload
+[b]Tags[/b]          enter  manifest detail   space  mark/unmark   a  mark all
+              s  sort: name → date → size       o  reverse the order
+              d  delete the marked tags (or the tag under the cursor)
+              D  delete the manifest under the cursor, with all its tags
+              p  retention rules   C  garbage collection   r  reload
 
-[b]Manifest[/b]     c  copy the `docker pull` reference     escape  back
+[b]Manifest[/b]      c  copy the pull reference   j k  scroll   escape  back
 
-[b]Retention[/b]    tab  next field     enter  prune what the preview shows     escape  back
+[b]Retention[/b]     tab  next rule   enter  prune what the preview shows
 """
 
 

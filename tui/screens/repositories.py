@@ -35,7 +35,7 @@ class RepositoriesScreen(Screen):
         super().__init__()
         self.names: list[str] = []
         self.stats: dict[str, RepositoryStats] = {}
-        self.loading = False
+        self.fetching = False
 
     def compose(self) -> ComposeResult:
         yield Static(self.app.client.url, id="title")
@@ -57,8 +57,8 @@ class RepositoriesScreen(Screen):
 
     def reload(self) -> None:
         self.names, self.stats = [], {}
-        self.query_one(KeyTable).clear()
-        self.loading = True
+        self.query_one(KeyTable).clear_rows()
+        self.fetching = True
         self.set_status(f"connecting to {self.app.client.url} …", "loading")
         self.load()
 
@@ -102,20 +102,17 @@ class RepositoriesScreen(Screen):
         for stats in message.stats or []:
             self.stats[stats.name] = stats
         filt = self.query_one(FilterBar)
-        table = self.query_one(KeyTable)
-        for name in message.names:
-            if filt.matches(name):
-                table.add_row(*self.cells(name), key=name)
+        self.query_one(KeyTable).append_rows([(n, self.cells(n)) for n in message.names if filt.matches(n)])
         self.set_status(f"{len(self.names)} repositories so far, loading …", "loading")
 
     @on(RepositoriesDone)
     def done(self, message: RepositoriesDone) -> None:
-        self.loading = False
+        self.fetching = False
         self.show_count()
 
     @on(LoadFailed)
     def failed(self, message: LoadFailed) -> None:
-        self.loading = False
+        self.fetching = False
         self.set_status(f"{message.error}   (r: retry)", "error")
 
     def cells(self, name: str) -> tuple:
@@ -126,7 +123,7 @@ class RepositoriesScreen(Screen):
                 human_bytes(stats.shared_bytes))
 
     def show_count(self) -> None:
-        shown = self.query_one(KeyTable).row_count
+        shown = len(self.query_one(KeyTable).all_rows)
         text = f"{len(self.names)} repositories"
         if shown != len(self.names):
             text = f"{shown} of {text} match"
@@ -148,7 +145,7 @@ class RepositoriesScreen(Screen):
     def filter_changed(self, event: Input.Changed) -> None:
         filt = self.query_one(FilterBar)
         self.query_one(KeyTable).replace_rows([(n, self.cells(n)) for n in self.names if filt.matches(n)])
-        if not self.loading:
+        if not self.fetching:
             self.show_count()
 
     # -- actions -------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def parse_rules(keep: str, days: str, pattern: str) -> Rules:
 class RetentionScreen(Screen[dict]):
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("f9", "apply", "Prune"),
+        Binding("enter", "apply", "Prune"),
     ]
 
     def __init__(self, inventory: Inventory, stats: dict):

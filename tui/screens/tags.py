@@ -119,7 +119,7 @@ class TagsScreen(Screen):
         self.inventory = Inventory(self.repository)
         self.marked &= set()
         self.error = None
-        self.query_one(KeyTable).clear()
+        self.query_one(KeyTable).clear_rows()
         self.update_title()
         self.set_status("loading tags …", "loading")
         self.load()
@@ -185,7 +185,7 @@ class TagsScreen(Screen):
     def show_count(self) -> None:
         digests = len(self.inventory.by_digest())
         text = f"{len(self.inventory.tags)} tags, {digests} manifests"
-        shown = self.query_one(KeyTable).row_count
+        shown = len(self.query_one(KeyTable).all_rows)
         if shown != len(self.inventory.tags):
             text = f"{shown} shown of " + text
         if not self.app.admin:

@@ -1,0 +1,68 @@
+"""Snapshots of the main screens at 80x24. Stable by construction: the in-memory registry holds the same seeded
+content (names, sizes, digests) on every run, its push times are fixed, and the app's clock is injected."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FIXED_NOW, goto, settle, type_text
+from dockyard.tui.app import RegistryApp
+from dockyard.tui.client import RegistryClient
+from fakeregistry import FakeRegistry
+from seed import seed
+
+URL = "http://registry.test"
+
+
+@pytest.fixture
+def app():
+    fake = FakeRegistry()
+    seed(URL, transport=fake.transport())
+    return RegistryApp(RegistryClient(URL, transport=fake.transport()), clock=lambda: FIXED_NOW)
+
+
+def steps(*actions):
+    """A run_before for snap_compare: key presses (str) and row moves (("goto", key)), settling in between."""
+    async def run_before(pilot):
+        await settle(pilot)
+        for action in actions:
+            if isinstance(action, tuple) and action[0] == "goto":
+                await goto(pilot, action[1])
+            elif isinstance(action, tuple) and action[0] == "type":
+                await type_text(pilot, action[1])
+            else:
+                await pilot.press(action)
+            await settle(pilot)
+        pilot.app.screen.query_one("#detail").scroll_home(animate=False) if pilot.app.screen.query("#detail") \
+            else None
+        await settle(pilot)
+    return run_before
+
+
+def test_repositories_screen(snap_compare, app):
+    assert snap_compare(app, run_before=steps())
+
+
+def test_tags_screen_with_two_marked(snap_compare, app):
+    assert snap_compare(app, run_before=steps(("goto", "apps/web"), "enter", "space", "space"))
+
+
+def test_tags_sorted_by_size(snap_compare, app):
+    assert snap_compare(app, run_before=steps(("goto", "apps/web"), "enter", "s", "s"))
+
+
+def test_manifest_of_an_index(snap_compare, app):
+    assert snap_compare(app, run_before=steps(("goto", "apps/web"), "enter", ("goto", "multi"), "enter"))
+
+
+def test_confirm_deleting_marked_tags(snap_compare, app):
+    assert snap_compare(app, run_before=steps(("goto", "apps/web"), "enter", "space", "space", "d"))
+
+
+def test_retention_preview(snap_compare, app):
+    assert snap_compare(app, run_before=steps(("goto", "apps/web"), "enter", "p", "tab",
+                                              ("type", "20"), "tab", ("type", "1.*")))
+
+
+def test_help(snap_compare, app):
+    assert snap_compare(app, run_before=steps("question_mark"))
