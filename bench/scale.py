@@ -75,6 +75,11 @@ class Plan:
     def stage_repositories(self, fraction: float) -> int:
         return max(1, round(self.repositories * fraction))
 
+    @property
+    def catalog_page(self) -> int:
+        """Catalog pages must be full at the first stage too, or a later one would answer more for its money."""
+        return max(1, min(100, self.stage_repositories(STAGES[0]) // 2))
+
 
 class Grower:
     """Seeds repositories [done, upto) with their blobs and tagged manifests."""
@@ -128,10 +133,12 @@ class Grower:
 
 
 def figures_for(repositories: int, plan: Plan) -> dict[str, tuple[str, dict]]:
+    """The figures at a stage with `repositories`; every page holds the same number of entries at every stage."""
     middle = repository(repositories // 2)
+    page = plan.catalog_page
     return {
-        "catalog first page": ("/v2/_catalog?n=100", {}),
-        "catalog middle page": (f"/v2/_catalog?n=100&last={repository(repositories // 2)}", {}),
+        f"catalog first page n={page}": (f"/v2/_catalog?n={page}", {}),
+        f"catalog mid page n={page}": (f"/v2/_catalog?n={page}&last={repository((repositories - page) // 2)}", {}),
         "tags/list?n=100": (f"/v2/{middle}/tags/list?n=100", {}),
         "manifest GET by tag": (f"/v2/{middle}/manifests/v{plan.tags_per_repository // 2:05d}",
                                 {"Accept": DOCKER_ACCEPT}),
@@ -215,16 +222,17 @@ def report(args: argparse.Namespace, plan: Plan, started_at: str, load: tuple[fl
 
 def format_table(stages: list[dict]) -> str:
     labels = [s["label"] for s in stages]
-    lines = [f"{'':<28}" + "".join(f"{label:>12}" for label in labels)]
-    lines.append(f"{'repositories':<28}" + "".join(f"{s['repositories']:>12,}" for s in stages))
-    lines.append(f"{'tags (= manifests)':<28}" + "".join(f"{s['tags']:>12,}" for s in stages))
-    lines.append(f"{'blob store (GiB)':<28}" + "".join(f"{s['store_bytes'] / 2**30:>12.2f}" for s in stages))
-    lines.append(f"{'registry.db (MiB)':<28}" + "".join(f"{s['database_bytes'] / 2**20:>12.1f}" for s in stages))
-    lines.append(f"{'registry.db-wal (MiB)':<28}" + "".join(f"{s['wal_bytes'] / 2**20:>12.1f}" for s in stages))
-    lines.append(f"{'largest process RSS (MiB)':<28}"
+    width = max(28, *(len(name) + 8 for name in stages[0]["figures"]))
+    lines = [f"{'':<{width}}" + "".join(f"{label:>12}" for label in labels)]
+    lines.append(f"{'repositories':<{width}}" + "".join(f"{s['repositories']:>12,}" for s in stages))
+    lines.append(f"{'tags (= manifests)':<{width}}" + "".join(f"{s['tags']:>12,}" for s in stages))
+    lines.append(f"{'blob store (GiB)':<{width}}" + "".join(f"{s['store_bytes'] / 2**30:>12.2f}" for s in stages))
+    lines.append(f"{'registry.db (MiB)':<{width}}" + "".join(f"{s['database_bytes'] / 2**20:>12.1f}" for s in stages))
+    lines.append(f"{'registry.db-wal (MiB)':<{width}}" + "".join(f"{s['wal_bytes'] / 2**20:>12.1f}" for s in stages))
+    lines.append(f"{'largest process RSS (MiB)':<{width}}"
                  + "".join(f"{s['largest_process_rss_bytes'] / 2**20:>12.0f}" for s in stages))
     lines.append("")
-    header = f"{'figure':<28}" + "".join(f"{label:>12}" for label in labels) + f"{'last/first':>12}  flat"
+    header = f"{'figure':<{width}}" + "".join(f"{label:>12}" for label in labels) + f"{'last/first':>12}  flat"
     lines += [header, "-" * len(header)]
     for name in stages[0]["figures"]:
         for key, unit in (("requests_per_s", "req/s"), ("latency_ms", "p50 ms"), ("latency_ms", "p99 ms")):
@@ -232,7 +240,7 @@ def format_table(stages: list[dict]) -> str:
             if key == "latency_ms":
                 values = [v["50%" if unit.startswith("p50") else "99%"] for v in values]
             first, last = values[0], values[-1]
-            row = f"{name + ', ' + unit:<28}" + "".join(f"{cell(v):>12}" for v in values)
+            row = f"{name + ', ' + unit:<{width}}" + "".join(f"{cell(v):>12}" for v in values)
             row += f"{cell(last / first if first else None):>12}"
             if key == "requests_per_s":
                 row += "  " + ("yes" if first and last / first >= FLAT_FLOOR else "NO")
