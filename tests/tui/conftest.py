@@ -72,7 +72,7 @@ class Server:
         return client
 
 
-def start(kind: str, argv: list, workdir: Path, port: int) -> Server:
+def start(kind: str, argv: list, workdir: Path, port: int, ready=(200,)) -> Server:
     log = workdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
@@ -83,7 +83,7 @@ def start(kind: str, argv: list, workdir: Path, port: int) -> Server:
         if proc.poll() is not None:
             pytest.fail(f"{kind} exited with {proc.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
         try:
-            if httpx.get(f"{server.url}/v2/", timeout=1).status_code == 200:
+            if httpx.get(f"{server.url}/v2/", timeout=1).status_code in ready:
                 return server
         except httpx.HTTPError:
             pass
@@ -111,6 +111,36 @@ def dockyard(tmp_path):
     port = free_port()
     server = start("dockyard", [need("dockyard"), "serve", "--bind", f"127.0.0.1:{port}", "--data",
                                 tmp_path / "data", "--workers", "1"], tmp_path, port)
+    yield server
+    stop(server)
+
+
+TOKEN_AUTH_CONFIG = """\
+[[middleware]]
+name = "auth"
+[middleware.options]
+htpasswd = "{htpasswd}"
+admins = ["alice"]
+rules = [{{ users = ["bob"], repositories = ["*"], actions = ["pull"] }}]
+[middleware.options.token]
+service = "dockyard-test"
+"""
+
+
+@pytest.fixture
+def dockyard_with_tokens(tmp_path):
+    """`dockyard serve` with htpasswd users (alice: admin, bob: pull only; passwords are the names reversed)
+    and bearer tokens from its own /auth/token."""
+    binary = need("dockyard")
+    htpasswd = tmp_path / "htpasswd"
+    for user in ("alice", "bob"):
+        subprocess.run([binary, "user", "add", user, "--htpasswd", str(htpasswd), "--password-stdin",
+                        "--rounds", "4"], input=user[::-1].encode(), check=True, timeout=60, capture_output=True)
+    config = tmp_path / "dockyard.toml"
+    config.write_text(TOKEN_AUTH_CONFIG.format(htpasswd=htpasswd))
+    port = free_port()
+    server = start("dockyard", [binary, "serve", "--bind", f"127.0.0.1:{port}", "--data", tmp_path / "data",
+                                "--workers", "1", "--config", config], tmp_path, port, ready=(200, 401))
     yield server
     stop(server)
 

@@ -54,8 +54,9 @@ class Pushed:
 
 
 class Seeder:
-    def __init__(self, url: str, transport: httpx.BaseTransport | None = None):
-        self.http = httpx.Client(base_url=url, timeout=30, **({"transport": transport} if transport else {}))
+    def __init__(self, url: str, transport: httpx.BaseTransport | None = None, auth: httpx.Auth | None = None):
+        self.http = httpx.Client(base_url=url, timeout=30, auth=auth,
+                                 **({"transport": transport} if transport else {}))
 
     def close(self):
         self.http.close()
@@ -136,8 +137,9 @@ class Seed:
         return [self.a, self.b, self.c, self.multi]
 
 
-def seed(url: str, *, referrer: bool = True, transport: httpx.BaseTransport | None = None) -> Seed:
-    s = Seeder(url, transport)
+def seed(url: str, *, referrer: bool = True, transport: httpx.BaseTransport | None = None,
+         auth: httpx.Auth | None = None) -> Seed:
+    s = Seeder(url, transport, auth)
     try:
         web = "apps/web"
         a = s.image(web, ["base", "a1"], "2024-01-01T00:00:00Z", ["1.0"])

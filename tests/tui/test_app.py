@@ -119,3 +119,34 @@ def test_main_reports_a_broken_config_file_without_a_traceback(tmp_path, monkeyp
     assert app_module.main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("registry-tui: cannot read") and "Traceback" not in err
+
+
+def test_console_script_is_registry_tui():
+    import importlib.metadata
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts["registry-tui"] == "dockyard.tui.app:main"
+
+
+def test_the_readme_shows_the_screen_as_it_is():
+    """The README's captured screen is today's render of the same scenario (regenerate it if this fails)."""
+    from pathlib import Path
+
+    from conftest import FIXED_NOW, goto
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    fake = FakeRegistry()
+    seed(URL, transport=fake.transport())
+    app = make_app(fake, clock=lambda: FIXED_NOW)
+    captured = []
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("space", "space", "d")
+        await settle(pilot)
+        captured.append(screen_text(pilot.app))
+
+    run_app(app, scenario)
+    block = "\n".join("    " + line.rstrip() for line in captured[0].splitlines())
+    assert block in "\n".join(line if line.strip() else "    " for line in readme.splitlines())

@@ -258,3 +258,56 @@ def test_reference_registry_browse_and_delete(reference):
     run_app(app_for(reference), scenario)
     assert sorted(http.get("/v2/apps/web/tags/list").json()["tags"]) == ["1.1", "2.0", "latest", "multi", "stable"]
     assert http.get(f"/v2/apps/web/manifests/{s.a.digest}", headers={"Accept": ACCEPT}).status_code == 404
+
+
+def test_bearer_tokens_with_the_credentials_docker_login_stored(dockyard_with_tokens, tmp_path):
+    import base64
+    import json
+
+    import httpx
+
+    from dockyard.tui.client import Credentials, RegistryAuth
+    from dockyard.tui.connect import resolve
+
+    server = dockyard_with_tokens
+    token_http = httpx.Client(timeout=30)
+    seed(server.url, auth=RegistryAuth(Credentials("alice", "ecila"), token_http))
+    host = server.url.removeprefix("http://")
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(
+        {"auths": {host: {"auth": base64.b64encode(b"alice:ecila").decode()}}}))
+    connection = resolve(server.url, env={"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "docker")})
+    assert connection.source == "docker config.json"
+    client = RegistryClient(connection.url, connection.credentials)
+
+    async def scenario(pilot):
+        assert "admin API" in screen_text(pilot.app)  # alice has the admin role: the token grants it
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "1.0")
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+
+    run_app(RegistryApp(client, gc_grace=0), scenario)
+    check = RegistryClient(server.url, Credentials("alice", "ecila"))
+    assert sorted(t for page in check.tags("apps/web") for t in page) == ["1.1", "2.0", "latest", "multi", "stable"]
+    check.close()
+    token_http.close()
+
+    async def refused(pilot):
+        assert "the token service refused user 'alice' (401): check the credentials" in screen_text(pilot.app)
+
+    run_app(RegistryApp(RegistryClient(server.url, Credentials("alice", "wrong"))), refused)
+
+    async def reader(pilot):  # bob may pull but has no admin role: browsing works, sizes are unknown
+        assert "V2 API only" in screen_text(pilot.app)
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "stable" in table_keys(pilot.app)
+
+    run_app(RegistryApp(RegistryClient(server.url, Credentials("bob", "bob"))), reader)
