@@ -214,3 +214,17 @@ def test_without_accel_redirect_python_streams_the_blob(client):
     digest = push_blob(client, "repo", b"streamed")
     resp = client.get(f"/v2/repo/blobs/{digest}")
     assert resp.body == b"streamed" and "X-Accel-Redirect" not in resp.headers
+
+
+def test_health_and_metrics_need_no_credentials_under_auth(tmp_path):
+    """The README promises it: probes and scrapers carry no credentials; /v2/ still asks for them."""
+    import bcrypt
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt.hashpw(b'pw', bcrypt.gensalt(4)).decode()}\n")
+    config = Config(data=str(tmp_path / "data"), middleware=(
+        {"name": "auth", "options": {"htpasswd": str(htpasswd)}},))
+    client = webtest.TestApp(create_app(config))
+    for path in ("/healthz", "/readyz", "/metrics"):
+        client.get(path, status=200)
+    client.get("/v2/", status=401)
