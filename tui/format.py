@@ -17,6 +17,11 @@ def human_bytes(size: int | None) -> str:
     return f"{size} B"
 
 
+def plural(count: int, word: str) -> str:
+    """'1 tag', '2 tags'."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def exact_bytes(size: int) -> str:
     """'12,345 bytes (12.1 KiB)': the exact count, then the readable one."""
     return f"{size:,} bytes ({human_bytes(size)})"

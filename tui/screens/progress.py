@@ -10,7 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import ProgressBar, Static
 
 from ..client import ClientError
-from ..format import exact_bytes
+from ..format import exact_bytes, plural
 from ..messages import DeleteFinished, DeleteProgress, GCFinished
 from ..prune import Step, apply, steps
 from ..retention import Plan
@@ -96,8 +96,8 @@ class ProgressScreen(ModalScreen[dict]):
         self.finished = True
         if message.result is not None:
             r = message.result
-            text = (f"Garbage collection reclaimed {exact_bytes(r.bytes_freed)}: {r.blobs_removed} blobs, "
-                    f"{r.manifests_removed} manifests removed.")
+            text = (f"Garbage collection reclaimed {exact_bytes(r.bytes_freed)}: {plural(r.blobs_removed, 'blob')}, "
+                    f"{plural(r.manifests_removed, 'manifest')} removed.")
         else:
             text = message.note
         lines = self.summary + [text, "[dim]enter: close[/dim]"]

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from ..client import ClientError, RepositoryStats
-from ..format import age, human_bytes, short_digest
+from ..format import age, human_bytes, plural, short_digest
 from ..images import Inventory, TagRow, load_tags
 from ..messages import LoadFailed, PlanReady, TagRowsLoaded, TagsDone
 from ..retention import blobs_held_elsewhere, plan
@@ -39,9 +39,10 @@ def make_plan(app, inventory: Inventory, stats: dict, doomed, manifests=()) -> t
         tags = {t: r.digest for t, r in inventory.tags.items()}
     result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests)
     note = ""
-    if app.admin and result.blobs:
-        held = blobs_held_elsewhere(app.client, inventory.repository, result.blobs, stats)
+    if app.admin:
+        held = blobs_held_elsewhere(app.client, inventory.repository, result.blobs, stats) if result.blobs else set()
         if held is None:
+            result.other_repositories_checked = False
             note = "Too many repositories to check which share these blobs: the bytes are an upper bound."
         else:
             result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests,
@@ -184,7 +185,7 @@ class TagsScreen(Screen):
 
     def show_count(self) -> None:
         digests = len(self.inventory.by_digest())
-        text = f"{len(self.inventory.tags)} tags, {digests} manifests"
+        text = f"{plural(len(self.inventory.tags), 'tag')}, {plural(digests, 'manifest')}"
         shown = len(self.query_one(KeyTable).all_rows)
         if shown != len(self.inventory.tags):
             text = f"{shown} shown of " + text

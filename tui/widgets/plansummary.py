@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from ..format import exact_bytes, human_bytes, short_digest
+from ..format import exact_bytes, human_bytes, plural, short_digest
 from ..retention import Plan
 
 
@@ -14,15 +14,16 @@ def describe_plan(plan: Plan, groups: dict[str, list[str]], *, limit: int = 8) -
     if plan.empty:
         text.append("Nothing to delete.", style="bold")
         return text
-    text.append(f"{len(plan.tags)} tags, {len(plan.manifests)} manifests", style="bold")
+    text.append(f"{plural(len(plan.tags), 'tag')}, {plural(len(plan.manifests), 'manifest')}", style="bold")
     text.append(" would be deleted from ")
     text.append(plan.repository, style="bold")
     text.append(".\n")
     text.append("Frees ")
     text.append(exact_bytes(plan.bytes_freed), style="bold green")
-    text.append(f" ({len(plan.blobs)} blobs + {human_bytes(plan.manifest_bytes)} of manifests)\n")
+    text.append(f" ({plural(len(plan.blobs), 'blob')} + {human_bytes(plan.manifest_bytes)} of manifests)\n")
     if plan.kept_by_others:
-        text.append(f"Kept: {len(plan.kept_by_others)} blobs ({human_bytes(sum(plan.kept_by_others.values()))}) "
+        text.append(f"Kept: {plural(len(plan.kept_by_others), 'blob')} "
+                    f"({human_bytes(sum(plan.kept_by_others.values()))}) "
                     "that other repositories still use.\n", style="yellow")
     if plan.other_repositories_checked is None:
         text.append("Other repositories: unknown (no admin API): blobs they share are counted as freed.\n",
