@@ -237,13 +237,13 @@ def server_process(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
     try:
-        _wait_ready(name, proc, port, log_path)
+        wait_ready(name, proc, port, log_path)
         yield Target(name, port, proc.pid, argv)
     finally:
-        _stop(name, proc, log_path)
+        stop_process(name, proc, log_path)
 
 
-def _wait_ready(name: str, proc: subprocess.Popen, port: int, log_path: Path) -> None:
+def wait_ready(name: str, proc: subprocess.Popen, port: int, log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if (status := _exit_status(proc)) is not None:
@@ -263,7 +263,7 @@ def _v2_status(port: int) -> int | None:
             return None
 
 
-def _stop(name: str, proc: subprocess.Popen, log_path: Path) -> None:
+def stop_process(name: str, proc: subprocess.Popen, log_path: Path) -> None:
     """SIGTERM the process we started and wait for it; then SIGKILL whatever is left in its session."""
     if (status := _exit_status(proc)) is not None:
         progress(f"{name} had exited by itself with status {status}; the end of its log:\n{_tail(log_path)}")
