@@ -15,6 +15,7 @@ import falcon
 
 from dockyard.middleware import MiddlewareContext, build_chain
 
+from .cache import ResponseCache
 from .config import Config, load_config
 from .errors import RegistryError, Unsupported, error_body, error_for_status
 from .metadata import Metadata
@@ -157,8 +158,9 @@ def create_app(config: Config, *, store: BlobStore | None = None, metadata: Meta
     app.add_route(f"{ADMIN_PREFIX}/read-only", admin.ReadOnlyResource(registry))
 
     app.add_route("/v2/", BaseResource())
-    app.add_route("/v2/_catalog", CatalogResource(registry))
-    app.add_route("/v2/{name}/tags/list", TagsResource(registry))
+    listings = ResponseCache()
+    app.add_route("/v2/_catalog", CatalogResource(registry, listings))
+    app.add_route("/v2/{name}/tags/list", TagsResource(registry, listings))
     app.add_route("/v2/{name}/manifests/{reference}", ManifestResource(registry))
     app.add_route("/v2/{name}/blobs/uploads/", UploadsResource(registry))
     app.add_route("/v2/{name}/blobs/uploads/{upload_id}", UploadResource(registry))

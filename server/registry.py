@@ -256,6 +256,12 @@ class Registry:
 
     # -- listings ------------------------------------------------------------------------------------------------
 
+    def tags_version(self, name: str) -> int:
+        version = self.metadata.tags_version(name)
+        if version is None:
+            raise NameUnknown({"name": name})
+        return version
+
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
         page = self.metadata.tags(name, n, last)
         if page is None:

@@ -302,6 +302,16 @@ class Metadata:
                                "(SELECT id FROM repositories WHERE name = ?)", (tag, repository))
             return cur.rowcount > 0
 
+    def tags_version(self, repository: str) -> int | None:
+        """The repository's tag-list version (moved by triggers on every tag added or removed); None if unknown."""
+        with self._read() as conn:
+            row = conn.execute("SELECT tags_version FROM repositories WHERE name = ?", (repository,)).fetchone()
+        return row[0] if row else None
+
+    def catalog_version(self) -> int:
+        with self._read() as conn:
+            return conn.execute("SELECT value FROM counters WHERE name = 'catalog'").fetchone()[0]
+
     def tags(self, repository: str, n: int | None, last: str | None) -> tuple[list[str], bool] | None:
         """Tags in lexical order after `last`: (page, whether more follow); None for an unknown repository."""
         with self._read() as conn:

@@ -11,9 +11,12 @@ Never edit an applied migration: add the next number. Tables:
 - tags                tag -> manifest digest, per repository
 - uploads             open upload sessions and the length of their committed bytes
 - state               cluster-wide switches shared by all workers (0002)
+- counters            change counters that let workers cache listings (0003; repositories.tags_version too)
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -86,9 +89,15 @@ def _initial(db: Database) -> None:
 
 def _run(db: Database, script: str) -> None:
     # Statement by statement: sqlite3's executescript() would COMMIT the migration's transaction first.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    # sqlite3.complete_statement tells where a statement ends, trigger bodies (BEGIN ... END) included.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement.strip().rstrip(";"))
+            statement = ""
+    if statement.strip():
+        db.execute(statement)
 
 
 @migrations(name="0002_lifecycle")
@@ -111,4 +120,33 @@ def _lifecycle(db: Database) -> None:
             value TEXT NOT NULL
         ) WITHOUT ROWID;
         CREATE INDEX uploads_updated ON uploads(updated_at);
+    """)
+
+
+@migrations(name="0003_listing_versions")
+def _listing_versions(db: Database) -> None:
+    """Version counters for the tag list of each repository and for the catalog, kept by triggers, so a worker
+    may serve a cached tags/list or _catalog page for as long as its counter has not moved."""
+    _run(db, """
+        ALTER TABLE repositories ADD COLUMN tags_version INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT INTO counters (name, value) VALUES ('catalog', 0);
+        CREATE TRIGGER tags_added AFTER INSERT ON tags BEGIN
+            UPDATE repositories SET tags_version = tags_version + 1 WHERE id = NEW.repository_id;
+        END;
+        CREATE TRIGGER tags_removed AFTER DELETE ON tags BEGIN
+            UPDATE repositories SET tags_version = tags_version + 1 WHERE id = OLD.repository_id;
+        END;
+        CREATE TRIGGER catalog_manifest_added AFTER INSERT ON manifests BEGIN
+            UPDATE counters SET value = value + 1 WHERE name = 'catalog';
+        END;
+        CREATE TRIGGER catalog_manifest_removed AFTER DELETE ON manifests BEGIN
+            UPDATE counters SET value = value + 1 WHERE name = 'catalog';
+        END;
+        CREATE TRIGGER catalog_repository_removed AFTER DELETE ON repositories BEGIN
+            UPDATE counters SET value = value + 1 WHERE name = 'catalog';
+        END
     """)
