@@ -120,6 +120,7 @@ class Registry:
                 raise
             self.metadata.add_blob(name, str(blob.digest), blob.size, install=writer.install, upload_id=upload_id,
                                    quotas=self.quotas_for(name))
+            writer.sync()
             return blob
 
     def cancel_upload(self, name: str, upload_id: str) -> None:
@@ -139,6 +140,7 @@ class Registry:
                 blob = writer.verify(parsed)
                 self.metadata.add_blob(name, str(blob.digest), blob.size, install=writer.install,
                                        quotas=self.quotas_for(name))
+                writer.sync()
                 return blob
         finally:
             self.store.remove_upload(upload_id)

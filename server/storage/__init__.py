@@ -106,16 +106,23 @@ class UploadWriter:
         return CommittedBlob(digest, self.offset)
 
     def install(self) -> None:
-        """Rename the verified content into place (atomic, same filesystem) and fsync its directory."""
+        """Rename the verified content into place (atomic, same filesystem). Called inside the metadata transaction
+        that records the blob, so it is kept short: the directory is fsynced by `sync` once that has committed."""
         if self._verified is None:
             raise RuntimeError("install() before verify()")
-        self._store._install(self._store._upload_path(self.upload_id), self._verified)
+        self._store._install(self._store._upload_path(self.upload_id), self._verified, sync=False)
         self._store._forget_hash(self.upload_id)
 
+    def sync(self) -> None:
+        """Make the rename durable (fsync of the blob's directory)."""
+        if self._verified is not None:
+            _fsync_dir(self._store.blob_path(self._verified).parent)
+
     def commit(self, digest: Digest) -> CommittedBlob:
-        """verify() then install(): for callers with no metadata to record alongside."""
+        """verify(), install() and sync(): for callers with no metadata to record alongside."""
         blob = self.verify(digest)
         self.install()
+        self.sync()
         return blob
 
 
@@ -308,11 +315,12 @@ class BlobStore:
         with self._hashes_lock:
             self._hashes.pop(upload_id, None)
 
-    def _install(self, source: Path, digest: Digest) -> None:
+    def _install(self, source: Path, digest: Digest, *, sync: bool = True) -> None:
         target = self.blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
-        _fsync_dir(target.parent)
+        if sync:
+            _fsync_dir(target.parent)
 
 
 def _fsync_dir(path: Path) -> None:
