@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 from harness import (
     DOCKYARD_CMD,
     BenchError,
+    alternate,
     cell,
     dockyard,
     format_size,
@@ -59,7 +61,8 @@ MANIFEST_THREADS = 16
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-FLAT_FLOOR = 0.7  # req/s at 100x must be at least this share of req/s at 1x to be called flat
+FLAT_FLOOR = 0.7  # (req/s / control req/s) at 100x must be at least this share of the same at 1x to be flat
+CONTROL = "GET /v2/ (control)"
 
 
 def repository(index: int) -> str:
@@ -145,6 +148,37 @@ def figures_for(repositories: int, plan: Plan) -> dict[str, tuple[str, dict]]:
     }
 
 
+def measure_stage(port: int, figures: dict[str, tuple[str, dict]], duration: float, repeats: int,
+                  label: str) -> dict[str, dict]:
+    """Every figure and the control `repeats` times, interleaved (order flipping), after a 1 s warm-up each.
+
+    Other work on the machine takes CPU from the server unevenly over minutes; the control, a request whose cost
+    cannot depend on the registry's size, is measured between the others so each figure can be read against it.
+    """
+    paths = {CONTROL: ("/v2/", {})} | figures
+    for path, headers in paths.values():
+        run_wrk(port, path, 1, headers)  # warm-up, discarded
+    results: dict[str, list] = {name: [] for name in paths}
+    for number in range(repeats):
+        for name in alternate(list(paths), number):
+            path, headers = paths[name]
+            result = run_wrk(port, path, duration, headers)
+            if result.errors:
+                raise BenchError(f"{name} at {label}: {result.errors} errors ({result.as_dict()})")
+            results[name].append(result)
+    summary = {}
+    for name, runs in results.items():
+        summary[name] = {
+            "requests_per_s": statistics.median(r.requests_per_s for r in runs),
+            "p50_ms": statistics.median(r.p50_ms for r in runs),
+            "p99_ms": statistics.median(r.p99_ms for r in runs),
+            "runs": [r.as_dict() for r in runs],
+        }
+        progress(f"  {name:<26} {summary[name]['requests_per_s']:7.0f} req/s, p50 {summary[name]['p50_ms']:6.1f} ms, "
+                 f"p99 {summary[name]['p99_ms']:6.1f} ms (medians of {repeats})")
+    return summary
+
+
 def du(path: Path) -> int:
     """Bytes allocated on disk under `path` (a file or a directory)."""
     if path.is_file():
@@ -181,22 +215,14 @@ def run(args: argparse.Namespace) -> int:
             progress(f"stage {label}: growing to {upto} repositories, {upto * plan.tags_per_repository:,} tags")
             seeding = grower.grow_to(upto)
             os.sync()
-            figures = {}
-            for name, (path, headers) in figures_for(upto, plan).items():
-                run_wrk(target.port, path, 1, headers)  # warm-up, discarded
-                result = run_wrk(target.port, path, args.duration, headers)
-                if result.errors:
-                    raise BenchError(f"{name} at {label}: {result.errors} errors ({result.as_dict()})")
-                figures[name] = result
-                progress(f"  {name:<20} {result.requests_per_s:7.0f} req/s, p50 {result.p50_ms:6.1f} ms, "
-                         f"p99 {result.p99_ms:6.1f} ms")
+            figures = measure_stage(target.port, figures_for(upto, plan), args.duration, args.repeats, label)
             data = workdir / "data"
             stages.append({
                 "label": label, "repositories": upto, "tags": upto * plan.tags_per_repository,
                 "store_bytes": du(data / "blobs"), "database_bytes": du(data / "registry.db"),
                 "wal_bytes": du(data / "registry.db-wal"),
                 "largest_process_rss_bytes": max(vm_rss(pid) for pid in process_tree(target.pid)),
-                "seeding": seeding, "figures": {name: r.as_dict() for name, r in figures.items()},
+                "seeding": seeding, "figures": figures,
             })
         load_end = load_average()
         report(args, plan, started_at, (load_start, load_end), stages)  # before the (slow) removal of the data
@@ -209,8 +235,9 @@ def report(args: argparse.Namespace, plan: Plan, started_at: str, load: tuple[fl
     print()
     print(f"python bench/scale.py {' '.join(sys.argv[1:])}".rstrip() + f"    ({started_at})")
     print(f"nproc {nproc()}; load average (1 min) {load_start:.2f} at start, {load_end:.2f} at end")
-    print(f"wrk {WRK_THREADS} threads {WRK_CONNECTIONS} connections {args.duration:g} s per figure after 1 s warm-up; "
-          f"flat = req/s at the last stage >= {FLAT_FLOOR:g} x req/s at the first\n")
+    print(f"wrk {WRK_THREADS} threads {WRK_CONNECTIONS} connections, {args.duration:g} s runs after a 1 s warm-up, "
+          f"medians of {args.repeats} interleaved runs per stage; '/ control' = req/s divided by GET /v2/'s req/s "
+          f"at the same stage; flat = that at the last stage >= {FLAT_FLOOR:g} x the first\n")
     print(format_table(stages))
     if args.json:
         document = {"started_at": started_at, "argv": sys.argv[1:], "nproc": nproc(),
@@ -222,7 +249,7 @@ def report(args: argparse.Namespace, plan: Plan, started_at: str, load: tuple[fl
 
 def format_table(stages: list[dict]) -> str:
     labels = [s["label"] for s in stages]
-    width = max(28, *(len(name) + 8 for name in stages[0]["figures"]))
+    width = max(28, *(len(name) + 12 for name in stages[0]["figures"]))
     lines = [f"{'':<{width}}" + "".join(f"{label:>12}" for label in labels)]
     lines.append(f"{'repositories':<{width}}" + "".join(f"{s['repositories']:>12,}" for s in stages))
     lines.append(f"{'tags (= manifests)':<{width}}" + "".join(f"{s['tags']:>12,}" for s in stages))
@@ -235,14 +262,16 @@ def format_table(stages: list[dict]) -> str:
     header = f"{'figure':<{width}}" + "".join(f"{label:>12}" for label in labels) + f"{'last/first':>12}  flat"
     lines += [header, "-" * len(header)]
     for name in stages[0]["figures"]:
-        for key, unit in (("requests_per_s", "req/s"), ("latency_ms", "p50 ms"), ("latency_ms", "p99 ms")):
-            values = [s["figures"][name][key] for s in stages]
-            if key == "latency_ms":
-                values = [v["50%" if unit.startswith("p50") else "99%"] for v in values]
+        rows = [(unit, [s["figures"][name][key] for s in stages])
+                for key, unit in (("requests_per_s", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"))]
+        if name != CONTROL:
+            rows.append(("/ control", [s["figures"][name]["requests_per_s"] / s["figures"][CONTROL]["requests_per_s"]
+                                       for s in stages]))
+        for unit, values in rows:
             first, last = values[0], values[-1]
             row = f"{name + ', ' + unit:<{width}}" + "".join(f"{cell(v):>12}" for v in values)
             row += f"{cell(last / first if first else None):>12}"
-            if key == "requests_per_s":
+            if unit == "/ control":
                 row += "  " + ("yes" if first and last / first >= FLAT_FLOOR else "NO")
             lines.append(row)
     return "\n".join(lines)
@@ -253,7 +282,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repositories", type=int, default=1000, help="repositories at 100%% (default 1000)")
     parser.add_argument("--tags", type=int, default=100_000, help="tags over all repositories at 100%% (default 100000)")
     parser.add_argument("--store", type=parse_size, default="10GiB", help="layer bytes at 100%% (default 10GiB)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk measurement (default 5)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk measurement (default 3)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="measurements of each figure per stage, interleaved; medians are shown (default 3)")
     parser.add_argument("--dockyard-cmd", default=DOCKYARD_CMD,
                         help=f"command that serves Dockyard; {{port}} and {{data}} are filled in (default: "
                              f"{DOCKYARD_CMD!r})")
@@ -261,6 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repositories < 100:
         parser.error("--repositories must be at least 100 (the first stage is 1% of it)")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.duration < 1:
         parser.error("--duration must be at least 1 second")
     return args
