@@ -1,8 +1,8 @@
-"""A small per-worker LRU cache of encoded responses, bounded in bytes.
+"""Small per-worker LRU caches bounded in bytes, for content that cannot go stale under its key.
 
 Listings (tags/list, _catalog) are cached under a key that includes a version counter the database keeps with
 triggers, so an entry is never served after the data behind it changed: a changed list has a new key, and the old
-entry just ages out.
+entry just ages out. Manifest bytes are cached by digest: a digest names its content forever.
 """
 
 from __future__ import annotations
@@ -39,3 +39,4 @@ class ResponseCache:
             while self._bytes > self.max_bytes:
                 _, (old, _) = self._entries.popitem(last=False)
                 self._bytes -= len(old)
+

@@ -170,6 +170,7 @@ class Metrics:
         self._pid = 0
         self._lock = threading.Lock()
         self._keys: dict[tuple, str] = {}
+        self._histograms: dict[tuple, tuple] = {}
 
     @staticmethod
     def reset(directory: str | os.PathLike) -> None:
@@ -214,11 +215,21 @@ class Metrics:
 
     def observation(self, name: str, labels: tuple, value: float) -> list[tuple[str, float]]:
         """The (key, amount) additions of one histogram observation, for `add`."""
-        buckets = self.families[name].buckets
-        index = bisect.bisect_left(buckets, value)
-        bucket = buckets[index] if index < len(buckets) else math.inf
-        return [(self._key(name, "_bucket", labels + (("le", _number(bucket)),)), 1.0),
-                (self._key(name, "_sum", labels), value), (self._key(name, "_count", labels), 1.0)]
+        bounds, bucket_keys, sum_key, count_key = self._histogram_keys(name, labels)
+        return [(bucket_keys[bisect.bisect_left(bounds, value)], 1.0), (sum_key, value), (count_key, 1.0)]
+
+    def _histogram_keys(self, name: str, labels: tuple) -> tuple:
+        """(bucket bounds, a key per bucket and +Inf, sum key, count key), made once per label set: this runs on
+        every request, so no key is encoded twice."""
+        cached = self._histograms.get((name, labels))
+        if cached is None:
+            buckets = self.families[name].buckets
+            bucket_keys = tuple(self._key(name, "_bucket", labels + (("le", _number(bound)),))
+                                for bound in (*buckets, math.inf))
+            cached = (buckets, bucket_keys, self._key(name, "_sum", labels), self._key(name, "_count", labels))
+            if len(self._histograms) < 10_000:
+                self._histograms[(name, labels)] = cached
+        return cached
 
     def key(self, name: str, labels: tuple = ()) -> str:
         """The key of a counter or gauge sample, for `add`."""

@@ -31,7 +31,10 @@ def _compile(template: str) -> re.Pattern:
 class RegistryRouter:
     def __init__(self) -> None:
         self._fallback = CompiledRouter()
+        # Templates under /v2/_ (the admin API) are tried only for paths there, and the V2 routes only for the
+        # rest: a repository name never starts with "_", so each path meets only the patterns that can match it.
         self._routes: list[tuple[re.Pattern, object, dict, str]] = []
+        self._underscore_routes: list[tuple[re.Pattern, object, dict, str]] = []
 
     def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
         if "{name}" not in uri_template:
@@ -39,11 +42,13 @@ class RegistryRouter:
             return
         method_map = map_http_methods(resource, suffix=kwargs.get("suffix"))
         set_default_responders(method_map)
-        self._routes.append((_compile(uri_template), resource, method_map, uri_template))
+        routes = self._underscore_routes if uri_template.startswith("/v2/_") else self._routes
+        routes.append((_compile(uri_template), resource, method_map, uri_template))
 
     def find(self, uri: str, req: Any = None):
-        if uri.startswith("/v2/") and not uri.startswith("/v2/_catalog"):
-            for pattern, resource, method_map, template in self._routes:
+        if uri.startswith("/v2/"):
+            for pattern, resource, method_map, template in (
+                    self._underscore_routes if uri.startswith("/v2/_") else self._routes):
                 match = pattern.fullmatch(uri)
                 if match:
                     params = match.groupdict()

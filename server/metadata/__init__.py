@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 from sqlite_utils import Database
 
+from ..cache import ResponseCache
 from ..errors import ManifestBlobUnknown
 from .lifecycle import MANIFEST_TOTAL_SIZE, REPOSITORY_PAGE, REPOSITORY_USAGE, TAG_PAGE, Maintenance
 from .quotas import Quota
@@ -70,6 +71,7 @@ class Metadata:
         self._reader: sqlite3.Connection | None = None
         self._write_fd = -1
         self._pid = 0
+        self._manifest_bytes = ResponseCache(max_bytes=32 * 1024 * 1024)
         self.migrate()
         # gunicorn forks after this (preload_app): never carry an open SQLite connection across fork.
         self.close()
@@ -301,22 +303,32 @@ class Metadata:
 
     def get_manifest(self, repository: str, *, digest: str | None = None, tag: str | None = None,
                      with_data: bool = True) -> ManifestRecord | None:
-        data_column = "c.data" if with_data else "NULL"
+        """A manifest present in `repository`, by tag or digest. Its bytes come from a per-process cache by digest
+        (content never changes under a digest); presence is always checked in the database."""
         with self._read() as conn:
             if tag is not None:
                 row = conn.execute(
-                    f"SELECT m.digest, m.media_type, m.size, {data_column} FROM repositories r "
+                    "SELECT m.digest, m.media_type, m.size FROM repositories r "
                     "JOIN tags t ON t.repository_id = r.id "
                     "JOIN manifests m ON m.repository_id = r.id AND m.digest = t.digest "
-                    "JOIN manifest_content c ON c.digest = m.digest WHERE r.name = ? AND t.name = ?",
-                    (repository, tag)).fetchone()
+                    "WHERE r.name = ? AND t.name = ?", (repository, tag)).fetchone()
             else:
                 row = conn.execute(
-                    f"SELECT m.digest, m.media_type, m.size, {data_column} FROM repositories r "
-                    "JOIN manifests m ON m.repository_id = r.id "
-                    "JOIN manifest_content c ON c.digest = m.digest WHERE r.name = ? AND m.digest = ?",
+                    "SELECT m.digest, m.media_type, m.size FROM repositories r "
+                    "JOIN manifests m ON m.repository_id = r.id WHERE r.name = ? AND m.digest = ?",
                     (repository, digest)).fetchone()
-        return ManifestRecord(*row) if row else None
+            if row is None:
+                return None
+            record = ManifestRecord(*row)
+            if with_data:
+                cached = self._manifest_bytes.get(record.digest)
+                if cached is None:
+                    record.data = conn.execute("SELECT data FROM manifest_content WHERE digest = ?",
+                                               (record.digest,)).fetchone()[0]
+                    self._manifest_bytes.put(record.digest, record.data)
+                else:
+                    record.data = cached[0]
+        return record
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Remove a manifest and every tag pointing at it from `repository`."""
