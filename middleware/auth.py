@@ -24,6 +24,7 @@ import falcon
 import jwt
 
 from dockyard.server.errors import Denied, Unauthorized, Unsupported
+from dockyard.server.urls import absolute_url
 
 from . import MiddlewareContext, Options
 from .access import ACTIONS, DELETE, PULL, PUSH, Access, required_access
@@ -221,7 +222,8 @@ class AuthMiddleware:
     def challenge(self, req: falcon.Request, access: Access | None, error: str = "") -> str:
         if not self.token_mode:
             return f'Basic realm="{self.realm}"'
-        realm = self.token_realm or f"{req.prefix}{self.token_path}"
+        # The external URL (base_url, or forwarded headers from a trusted proxy): what the client can reach.
+        realm = self.token_realm or absolute_url(req, self.token_path)
         service = self.issuer.service if self.issuer else next(iter(self.verifier.trusted.values())).audience
         value = f'Bearer realm="{realm}",service="{service}"'
         scope = access.scope if access else None

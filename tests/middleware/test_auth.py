@@ -68,7 +68,7 @@ def test_bearer_challenge_names_the_exact_scope(tmp_path, method, path, scope):
         assert r.status_int == 200
         return
     assert r.status_int == 401
-    expected = 'Bearer realm="http://localhost:80/auth/token",service="dockyard-test"'
+    expected = 'Bearer realm="http://localhost/auth/token",service="dockyard-test"'
     if scope:
         expected += f',scope="{scope}"'
     assert r.headers["WWW-Authenticate"] == expected
@@ -331,3 +331,18 @@ def test_unknown_middleware_stops_start_up(tmp_path):
     with pytest.raises(ConfigError, match="cannot import"):
         create_app(make_config(tmp_path, {"name": "no_such_pkg.Thing", "options": {}}))
 
+
+
+def test_token_realm_uses_the_external_url(tmp_path):
+    """Behind a proxy the realm must be what the client can reach, like every Location header (base_url)."""
+    import webtest
+
+    from dockyard.server.app import create_app
+    from dockyard.server.config import Config
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("")
+    config = Config(data=str(tmp_path / "data"), base_url="https://registry.example.test",
+                    middleware=({"name": "auth", "options": {"htpasswd": str(htpasswd), "token": {}}},))
+    resp = webtest.TestApp(create_app(config)).get("/v2/", status=401)
+    assert 'realm="https://registry.example.test/auth/token"' in resp.headers["WWW-Authenticate"]
