@@ -161,8 +161,11 @@ class Metadata:
         return row[0] if row else None
 
     def _ensure_repository(self, conn: sqlite3.Connection, name: str) -> int:
-        conn.execute("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)", (name, self._clock()))
-        return self._repository_id(conn, name)
+        repository_id = self._repository_id(conn, name)
+        if repository_id is None:
+            repository_id = conn.execute("INSERT INTO repositories (name, created_at) VALUES (?, ?)",
+                                         (name, self._clock())).lastrowid
+        return repository_id
 
     def repository_exists(self, name: str) -> bool:
         with self._read() as conn:
@@ -273,6 +276,16 @@ class Metadata:
         now = self._clock()
         with self._write() as conn:
             repository_id = self._ensure_repository(conn, repository)
+            if conn.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
+                            (repository_id, manifest.digest)).fetchone():
+                # Already here (a new tag on a pushed manifest, or a re-push): its references were checked and
+                # recorded when it first came; only the tag, or the push time that GC's grace period reads, moves.
+                if tag is None:
+                    conn.execute("UPDATE manifests SET created_at = ? WHERE repository_id = ? AND digest = ?",
+                                 (now, repository_id, manifest.digest))
+                else:
+                    self._set_tag(conn, repository_id, tag, manifest.digest, now)
+                return
             missing = []
             for digest in dict.fromkeys(manifest.blobs):
                 if not conn.execute("SELECT 1 FROM repository_blobs WHERE repository_id = ? AND digest = ?",
@@ -288,8 +301,7 @@ class Metadata:
                          (manifest.digest, manifest.data))
             conn.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO UPDATE SET created_at = excluded.created_at",
+                "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
                  manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
             conn.executemany(
@@ -299,10 +311,13 @@ class Metadata:
             conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
                              [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])
             if tag is not None:
-                conn.execute(
-                    "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, "
-                    "updated_at = excluded.updated_at", (repository_id, tag, manifest.digest, now))
+                self._set_tag(conn, repository_id, tag, manifest.digest, now)
+
+    @staticmethod
+    def _set_tag(conn: sqlite3.Connection, repository_id: int, tag: str, digest: str, now: float) -> None:
+        conn.execute("INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, "
+                     "updated_at = excluded.updated_at", (repository_id, tag, digest, now))
 
     def get_manifest(self, repository: str, *, digest: str | None = None, tag: str | None = None,
                      with_data: bool = True) -> ManifestRecord | None:
