@@ -17,7 +17,7 @@ from dockyard.middleware import MiddlewareContext, build_chain
 
 from .cache import ResponseCache
 from .config import Config, load_config
-from .errors import RegistryError, Unsupported, error_body, error_for_status
+from .errors import NameInvalid, RegistryError, Unsupported, error_body, error_for_status
 from .metadata import Metadata
 from .observability import InstrumentedApp
 from .observability import install as install_observability
@@ -44,7 +44,6 @@ class RegistryHeaders:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = req.env.get("RAW_URI") or req.env.get("REQUEST_URI") or ""
         if "%2f" in raw.split("?", 1)[0].lower():
-            from .errors import NameInvalid
             raise NameInvalid({"path": raw[:300]}, message="encoded slashes are not allowed in the path")
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:

@@ -11,15 +11,15 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from .bodies import Source
 from .config import Config
+from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestUnknown, NameUnknown,
+                     SizeInvalid, TagInvalid)
 from .gc import GarbageCollector
-from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestUnknown,
-                     NameUnknown, SizeInvalid, TagInvalid, Denied)
 from .manifests import parse_manifest
 from .metadata import ManifestRecord, Metadata, Upload
 from .metadata.quotas import Quota
 from .names import Digest, parse_digest, parse_reference
-from .bodies import Source
 from .storage import BlobStore, CommittedBlob
 
 CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)")
@@ -155,8 +155,7 @@ class Registry:
         for quota in self.quotas_for(name):
             used = self.metadata.quota_usage(quota)
             if used + incoming > quota.limit:
-                raise Denied({"quota": quota.pattern, "limit": quota.limit, "used": used, "requested": incoming},
-                             message=f"quota exceeded: {quota.pattern} may hold {quota.limit} bytes, holds {used}")
+                raise quota.exceeded(used, incoming)
 
     def read_only(self) -> bool:
         """Maintenance mode: from the config, or switched on at run time for every worker (cached for 1 s)."""

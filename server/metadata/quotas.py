@@ -58,6 +58,9 @@ class Quota:
             return
         used = self.usage(conn)
         if used + size > self.limit:
-            raise Denied({"quota": self.pattern, "limit": self.limit, "used": used, "requested": size},
-                         message=f"quota exceeded: {self.pattern} may hold {self.limit} bytes, holds {used}, "
-                                 f"this blob needs {size} more")
+            raise self.exceeded(used, size)
+
+    def exceeded(self, used: int, requested: int) -> Denied:
+        return Denied({"quota": self.pattern, "limit": self.limit, "used": used, "requested": requested},
+                      message=f"quota exceeded: {self.pattern} may hold {self.limit} bytes, holds {used}, "
+                              f"this push needs {requested} more")
