@@ -116,13 +116,15 @@ def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception,
     resp.data = b'{"errors":[{"code":"UNKNOWN","message":"internal server error","detail":{}}]}'
 
 
-def build_registry(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None) -> Registry:
+def build_registry(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None,
+                   clock=None) -> Registry:
     """The registry's storage and metadata on the configured data directory, made consistent after a crash."""
     data = config.data_path
     data.mkdir(parents=True, exist_ok=True)
+    clock = clock or time.time
     store = store or BlobStore(data, block_size=config.io_block_size)
-    metadata = metadata or Metadata(data / "registry.db")
-    registry = Registry(config, store, metadata)
+    metadata = metadata or Metadata(data / "registry.db", clock=clock)
+    registry = Registry(config, store, metadata, clock=clock)
     recovered = registry.gc.recover()
     if any(recovered.values()):
         log.warning("recovered after an unclean stop: %s", recovered)
@@ -131,8 +133,8 @@ def build_registry(config: Config, *, store: BlobStore | None = None, metadata: 
 
 def create_app(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None,
                clock=None) -> falcon.App:
-    """`clock` (time.time by default) is handed to the middleware chain, so tests can move time."""
-    registry = build_registry(config, store=store, metadata=metadata)
+    """`clock` (time.time by default) is the registry's and the middleware's, so tests can move time."""
+    registry = build_registry(config, store=store, metadata=metadata, clock=clock)
 
     # Falcon streams files through wsgi.file_wrapper in blocks of _STREAM_BLOCK_SIZE (8 KiB: far too small).
     app_class = type("DockyardApp", (InstrumentedApp,), {"_STREAM_BLOCK_SIZE": config.io_block_size,
