@@ -1,16 +1,19 @@
-"""The middleware chain: built-in middleware by name, any Falcon middleware class by dotted path.
+"""Configured middleware: built-in middleware by name, any Falcon middleware class by dotted path.
 
 `build_chain(config.middleware, context)` turns the `[[middleware]]` tables of the config file into Falcon
-middleware components, in order. Each entry names a built-in (`auth`, `logging`, `ratelimit`) or a dotted path
-(`package.module.ClassName`). What is named is called through one small interface:
+middleware components. Each entry names a built-in (`auth`, `logging`, `ratelimit`) or a dotted path
+(`package.module.ClassName`). Where each stands in the request path is decided in one place,
+`dockyard.server.pipeline` (built-ins have a fixed stage, `BUILTINS`; the others run in the order written, after
+authentication). What is named is called through one small interface:
 
 * if it has a `from_config(options, context)` class method, that builds the component: `options` is the entry's
   `options` table (an `Options` reader, see below), `context` a `MiddlewareContext` (config, data directory,
-  the `Registry`);
+  clock). Middleware see requests and identities, never the registry's storage or database;
 * otherwise it is called as `Class(**options)`, so a plain third-party Falcon middleware class works unchanged.
 
 A component may also offer `routes()`, an iterable of `(uri_template, resource)` pairs that `create_app` adds to
-the app (the auth middleware serves its token endpoint this way).
+the app (the auth middleware serves its token endpoint this way), and `parts()`, a mapping of stage to component
+when it acts at two stages (the rate limiter's failed-login throttle runs before `auth`, its buckets after).
 
 Anything wrong (an unknown name, an unknown or ill-typed option) raises `ConfigError` naming the entry and the
 option, so start-up stops with a clear message.
@@ -19,30 +22,40 @@ option, so start-up stops with a clear message.
 from __future__ import annotations
 
 import importlib
-import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from dockyard.server.config import Config, ConfigError
+from dockyard.server.proxies import TrustedProxies
 
+# name -> (class, the stage of the request path it stands in; see dockyard.server.pipeline)
 BUILTINS = {
-    "auth": "dockyard.middleware.auth.AuthMiddleware",
-    "logging": "dockyard.middleware.logging.AccessLog",
-    "ratelimit": "dockyard.middleware.ratelimit.RateLimit",
+    "logging": ("dockyard.middleware.logging.AccessLog", "logging"),
+    "auth": ("dockyard.middleware.auth.AuthMiddleware", "auth"),
+    "ratelimit": ("dockyard.middleware.ratelimit.RateLimit", "ratelimit"),
 }
+
+
+def stage_of(name: str) -> str:
+    """The stage of the request path a configured entry stands in: a built-in's own, else `custom`."""
+    return BUILTINS[name][1] if name in BUILTINS else "custom"
 
 
 @dataclass(frozen=True)
 class MiddlewareContext:
     """What a middleware may need from the app it joins, handed to `from_config(options, context)`."""
     config: Config
-    registry: Any = None  # dockyard.server.registry.Registry (repository listing, metadata)
     clock: Callable[[], float] | None = None  # tests pass a fake clock; None means time.time
 
     @property
     def data_path(self) -> Path:
         return self.config.data_path
+
+    @property
+    def now(self) -> Callable[[], float]:
+        return self.clock or time.time
 
 
 _MISSING = object()
@@ -91,14 +104,15 @@ class Options:
             raise self.error(option, f"expected a list of strings, got {value!r}")
         return tuple(value)
 
-    def networks(self, option: str) -> tuple:
-        out = []
-        for text in self.strings(option):
-            try:
-                out.append(ipaddress.ip_network(text, strict=False))
-            except ValueError:
-                raise self.error(option, f"{text!r} is not an IP address or CIDR network") from None
-        return tuple(out)
+    def proxies(self, option: str, default: TrustedProxies) -> TrustedProxies:
+        """A list of proxy addresses and networks (or "*"), parsed like the `trusted_proxies` setting."""
+        if not self.has(option):
+            self._seen.add(option)
+            return default
+        try:
+            return TrustedProxies.parse(self.strings(option))
+        except ValueError as exc:
+            raise self.error(option, str(exc)) from None
 
     def finish(self) -> None:
         unknown = sorted(set(self._options) - self._seen)
@@ -115,7 +129,7 @@ def _kind_names(kinds: tuple) -> str:
 
 def resolve(name: str) -> Any:
     """The class a middleware entry names: a built-in name or a dotted path `package.module.Class`."""
-    path = BUILTINS.get(name, name)
+    path = BUILTINS[name][0] if name in BUILTINS else name
     module_name, _, attribute = path.rpartition(".")
     if not module_name:
         raise ConfigError(f"middleware {name!r}: unknown middleware (built-ins: {', '.join(sorted(BUILTINS))}; "
@@ -144,6 +158,6 @@ def build_one(entry: dict, context: MiddlewareContext) -> Any:
         raise ConfigError(f"middleware {name!r}: bad options {sorted(options)}: {exc}") from None
 
 
-def build_chain(entries: Iterable[dict], context: MiddlewareContext) -> list:
-    """The configured middleware components, in the configured order."""
-    return [build_one(entry, context) for entry in entries]
+def build_chain(entries: Iterable[dict], context: MiddlewareContext) -> list[tuple[dict, Any]]:
+    """(entry, component) for each configured middleware, in the configured order."""
+    return [(entry, build_one(entry, context)) for entry in entries]

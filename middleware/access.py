@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dockyard.server.routes import API_ROOT, CATALOG, UPLOAD, is_admin_path
+
 PULL, PUSH, DELETE = "pull", "push", "delete"
 ACTIONS = (PULL, PUSH, DELETE)
-ADMIN_PREFIX = "/v2/_dockyard"
-UPLOAD_SESSION_TEMPLATE = "/v2/{name}/blobs/uploads/{upload_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +42,18 @@ class Access:
         return self.kind
 
 
-def is_admin_path(path: str) -> bool:
-    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
-
-
 def required_access(method: str, path: str, template: str | None, params: dict) -> Access:
     if is_admin_path(path):
         return Access("admin")
-    if not path.startswith("/v2/"):
+    if not path.startswith(API_ROOT):
         return Access("public")
-    if path == "/v2/_catalog":
+    if path == CATALOG:
         return Access("catalog")
     name = params.get("name")
     if not name:
         return Access("login")
     if method in ("GET", "HEAD", "OPTIONS"):
         return Access("repository", name, (PULL,))
-    if method == "DELETE" and template != UPLOAD_SESSION_TEMPLATE:
+    if method == "DELETE" and template != UPLOAD:
         return Access("repository", name, (DELETE,))
     return Access("repository", name, (PULL, PUSH))

@@ -23,7 +23,8 @@ from urllib.parse import parse_qs
 import falcon
 import jwt
 
-from dockyard.server.errors import Denied, Unauthorized, Unsupported
+from dockyard.server.errors import BadRequest, Denied, TooLarge, Unauthorized
+from dockyard.server.routes import is_admin_path
 from dockyard.server.urls import absolute_url
 
 from . import MiddlewareContext, Options
@@ -45,7 +46,7 @@ class Rule:
     actions: frozenset
 
 
-class Rules:
+class AccessRules:
     """Per user and group, per repository glob (`*` spans `/`; `{user}` stands for the caller's name), the
     actions pull/push/delete. Anonymous callers may pull what `anonymous_pull` matches, and so may everyone
     else. Admins may do everything, including the admin API."""
@@ -103,7 +104,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 
 
 class AuthMiddleware:
-    def __init__(self, rules: Rules, *, htpasswd: Htpasswd | None = None, realm: str = "Dockyard",
+    def __init__(self, rules: AccessRules, *, htpasswd: Htpasswd | None = None, realm: str = "Dockyard",
                  issuer: TokenIssuer | None = None, verifier: TokenVerifier | None = None,
                  token_realm: str = "", token_path: str = TOKEN_PATH):
         self.rules = rules
@@ -150,7 +151,7 @@ class AuthMiddleware:
             anonymous = ["*"] if anonymous else []
         elif not all(isinstance(p, str) for p in anonymous):
             raise options.error("anonymous_pull", "expected true, false or a list of repository patterns")
-        access_rules = Rules(rules, groups=groups, admins=frozenset(options.strings("admins")),
+        access_rules = AccessRules(rules, groups=groups, admins=frozenset(options.strings("admins")),
                              admin_groups=frozenset(options.strings("admin_groups")),
                              anonymous_pull=tuple(anonymous))
         htpasswd = None
@@ -320,7 +321,7 @@ class AuthMiddleware:
         req.context.auth_failed = False
         req.context.identity = identity
         req.context.user = identity.user
-        if req.path.startswith("/v2/_dockyard"):
+        if is_admin_path(req.path):
             # Guarded here, before routing, so an admin path is never reachable without the role.
             access = required_access(req.method, req.path, None, {})
             self.authorize(req, identity, access)
@@ -367,12 +368,12 @@ class TokenResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         length = req.content_length or 0
         if length > MAX_FORM:
-            raise Unsupported({"reason": "form too large"}, status=413)
+            raise TooLarge({"reason": "form too large", "limit": MAX_FORM})
         form = parse_qs(req.bounded_stream.read(length).decode("utf-8", "replace"), keep_blank_values=True)
         grant_type = (form.get("grant_type") or [""])[0]
         if grant_type != "password":
-            raise Unsupported({"grant_type": grant_type[:40], "reason": "only grant_type=password is supported"},
-                              status=400, message="unsupported grant type")
+            raise BadRequest({"grant_type": grant_type[:40], "reason": "only grant_type=password is supported"},
+                             message="unsupported grant type")
         user, password = (form.get("username") or [""])[0], (form.get("password") or [""])[0]
         if not user or not self.auth.check_password(user, password):
             req.context.auth_failed = True
@@ -386,8 +387,8 @@ class TokenResource:
     def _answer(self, req, resp, user: str | None, service: str | None, scopes: list[str]) -> None:
         issuer = self.auth.issuer
         if service and service != issuer.service:
-            raise Unsupported({"service": service[:100], "reason": f"this token server serves {issuer.service!r}"},
-                              status=400, message="unknown service")
+            raise BadRequest({"service": service[:100], "reason": f"this token server serves {issuer.service!r}"},
+                             message="unknown service")
         req.context.user = user
         rules = self.auth.rules
         access = []

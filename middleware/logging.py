@@ -1,10 +1,11 @@
 """The structured access log (`logging` middleware): one JSON line per request, with a request id.
 
 The line is written when the response is complete: at once for ordinary bodies, and for streamed bodies (blob
-downloads) when the WSGI server closes the stream, so `bytes_out` and `duration_ms` are what was really sent.
-Each line goes out with one `write(2)` on an `O_APPEND` descriptor, so the lines of several gunicorn workers never
-interleave. Nothing secret is written: no headers are logged at all, and `token`/`password` query parameters are
-masked.
+downloads) when the WSGI server is done with the body (`dockyard.server.observability.on_response_complete`), so
+`duration_ms` covers the transfer. Nothing wraps the body: a blob still leaves through `wsgi.file_wrapper` (and so
+sendfile) with logging on. Each line goes out with one `write(2)` on an `O_APPEND` descriptor, so the lines of
+several gunicorn workers never interleave. Nothing secret is written: no headers are logged at all, and
+`token`/`password` query parameters are masked.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import os
 import re
 import time
 import uuid
-from typing import Any, BinaryIO
-
 import falcon
+
+from dockyard.server.observability import bytes_received, on_response_complete
+from dockyard.server.proxies import TrustedProxies
 
 from . import MiddlewareContext, Options
 from .access import required_access
-from .clients import client_address, default_trusted
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 SECRET_PARAMS_RE = re.compile(r"(?i)(^|&)((?:access_|refresh_|id_)?token|password|passwd|secret)=[^&]*")
@@ -59,81 +60,33 @@ class AppendHandler(logging.Handler):
         super().close()
 
 
-class CountingInput:
-    """Wraps a chunked request body (length unknown up front) to count what the app reads."""
-
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.count += len(data)
-        return data
-
-    def readline(self, size: int = -1) -> bytes:
-        data = self._stream.readline(size)
-        self.count += len(data)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class CountingOutput:
-    """Wraps a response stream; logs the request when the server closes it, with the bytes really sent."""
-
-    def __init__(self, stream: BinaryIO, done):
-        self._stream = stream
-        self._done = done
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.count += len(data)
-        return data
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._stream, "close", None)
-            if close is not None:
-                close()
-        finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done(self.count)
-
-
 class AccessLog:
-    def __init__(self, logger: logging.Logger, *, trusted_proxies: tuple = (), clock=time.time,
-                 timer=time.perf_counter):
+    def __init__(self, logger: logging.Logger, *, trusted_proxies: TrustedProxies | None = None, clock=time.time,
+                 timer=time.perf_counter, new_id=lambda: uuid.uuid4().hex):
         self.logger = logger
-        self.trusted_proxies = trusted_proxies
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
         self._clock = clock
         self._timer = timer
+        self._new_id = new_id
 
     @classmethod
     def from_config(cls, options: Options, context: MiddlewareContext) -> "AccessLog":
         path = options.get("file", str, "")
-        trusted = options.networks("trusted_proxies") if options.has("trusted_proxies") \
-            else default_trusted(context.config)
+        trusted = options.proxies("trusted_proxies", context.config.proxies)
         logger = logging.Logger("dockyard.access")  # its own logger: no propagation, no duplicate lines
         try:
             handler = AppendHandler(path)
         except OSError as exc:
             raise options.error("file", f"cannot open {path!r}: {exc}") from None
         logger.addHandler(handler)
-        return cls(logger, trusted_proxies=trusted)
+        return cls(logger, trusted_proxies=trusted, clock=context.now)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         ctx = req.context
         ctx.log_started = self._timer()
         incoming = req.get_header("X-Request-ID")
-        ctx.request_id = incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
-        ctx.client_address = client_address(req, self.trusted_proxies)
-        if req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
-            ctx.log_input = CountingInput(req.stream)
-            req.stream = ctx.log_input
+        ctx.request_id = incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else self._new_id()
+        ctx.client_address = self.trusted_proxies.client_address(req.remote_addr, req.get_header("X-Forwarded-For"))
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params: dict) -> None:
         req.context.log_access = required_access(req.method, req.path, req.uri_template, params)
@@ -143,19 +96,18 @@ class AccessLog:
         if "log_started" not in ctx:
             return
         resp.set_header("X-Request-ID", ctx.request_id)
-        if resp.stream is not None and req.method != "HEAD":
-            resp.stream = CountingOutput(resp.stream, lambda sent: self.write(req, resp, sent))
+        if resp.stream is not None and req.method != "HEAD" and \
+                on_response_complete(req.env, lambda sent: self.write(req, resp, sent)):
             return
         sent = 0
         if req.method != "HEAD":
             body = resp.render_body()
-            sent = len(body) if body else 0
+            sent = len(body) if body else (resp.content_length or 0) if resp.stream is not None else 0
         self.write(req, resp, sent)
 
     def write(self, req: falcon.Request, resp: falcon.Response, bytes_out: int) -> None:
         ctx = req.context
         access = ctx.get("log_access") or required_access(req.method, req.path, None, {})
-        counted = ctx.get("log_input")
         path = req.path + (f"?{scrub_query(req.query_string)}" if req.query_string else "")
         entry = {
             "time": datetime.datetime.fromtimestamp(self._clock(), datetime.timezone.utc)
@@ -168,7 +120,7 @@ class AccessLog:
             "repository": access.name or None,
             "action": access.label,
             "status": resp.status_code,
-            "bytes_in": counted.count if counted is not None else (req.content_length or 0),
+            "bytes_in": bytes_received(req.env) or req.content_length or 0,
             "bytes_out": bytes_out,
             "duration_ms": round((self._timer() - ctx.log_started) * 1000, 3),
         }

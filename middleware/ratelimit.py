@@ -7,6 +7,9 @@ else the address (`X-Forwarded-For` believed only from trusted proxies). A faile
 `req.context.auth_failed`; without it, a 401 to a request that carried credentials) takes a token from the
 `failed_login` bucket of the address; while it is empty, requests with credentials from there get 429 before any
 password is checked.
+
+It acts at two stages of the request path (`parts()`): the failed-login throttle before `auth`, the buckets per
+class after it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from typing import Callable
 import falcon
 
 from dockyard.server.errors import TooManyRequests
+from dockyard.server.proxies import TrustedProxies
 
 from . import MiddlewareContext, Options
 from .access import required_access
-from .clients import client_address, default_trusted, in_networks
 
 RETRY_AFTER_MAX = 3600
 
@@ -129,13 +132,13 @@ def request_class(req: falcon.Request, resource, params: dict) -> str:
 
 
 class RateLimit:
-    def __init__(self, store: BucketStore, limits: dict[str, Limit], *, exempt_networks: tuple = (),
-                 exempt_users: frozenset = frozenset(), trusted_proxies: tuple = ()):
+    def __init__(self, store: BucketStore, limits: dict[str, Limit], *, exempt: TrustedProxies | None = None,
+                 exempt_users: frozenset = frozenset(), trusted_proxies: TrustedProxies | None = None):
         self.store = store
         self.limits = limits
-        self.exempt_networks = exempt_networks
+        self.exempt = exempt or TrustedProxies()
         self.exempt_users = exempt_users
-        self.trusted_proxies = trusted_proxies
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
 
     @classmethod
     def from_config(cls, options: Options, context: MiddlewareContext) -> "RateLimit":
@@ -155,51 +158,64 @@ class RateLimit:
                 networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 users.append(item)  # not an address: a user name
-        trusted = options.networks("trusted_proxies") if options.has("trusted_proxies") \
-            else default_trusted(context.config)
+        trusted = options.proxies("trusted_proxies", context.config.proxies)
         path = options.get("database", str, "") or str(context.data_path / "ratelimit.db")
         try:
-            store = BucketStore(path, clock=context.clock or time.time)
+            store = BucketStore(path, clock=context.now)
         except sqlite3.Error as exc:
             raise options.error("database", f"cannot open {path!r}: {exc}") from None
-        return cls(store, limits, exempt_networks=tuple(networks), exempt_users=frozenset(users),
+        return cls(store, limits, exempt=TrustedProxies(tuple(networks)), exempt_users=frozenset(users),
                    trusted_proxies=trusted)
 
-    def _address(self, req: falcon.Request) -> str:
+    def parts(self) -> dict:
+        """The stages of the request path this middleware acts at (see dockyard.server.pipeline)."""
+        return {"throttle": LoginThrottle(self), "ratelimit": self}
+
+    def address(self, req: falcon.Request) -> str:
         address = req.context.get("client_address")
         if address is None:
-            address = req.context.client_address = client_address(req, self.trusted_proxies)
+            address = req.context.client_address = self.trusted_proxies.client_address(
+                req.remote_addr, req.get_header("X-Forwarded-For"))
         return address
 
-    def _exempt(self, req: falcon.Request) -> bool:
+    def exempted(self, req: falcon.Request) -> bool:
         user = req.context.get("user")
-        return (user is not None and user in self.exempt_users) or in_networks(self._address(req),
-                                                                              self.exempt_networks)
+        return (user is not None and user in self.exempt_users) or self.exempt.trusts(self.address(req))
 
     @staticmethod
-    def _refuse(wait: float, klass: str) -> TooManyRequests:
+    def refuse(wait: float, klass: str) -> TooManyRequests:
         seconds = max(1, min(RETRY_AFTER_MAX, math.ceil(wait)))
         return TooManyRequests({"class": klass, "retry_after": seconds}, headers={"Retry-After": str(seconds)})
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.get_header("Authorization") and not self._exempt(req):
-            wait = self.store.empty(f"failed_login:{self._address(req)}", self.limits["failed_login"])
-            if wait:
-                raise self._refuse(wait, "failed_login")
-
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params: dict) -> None:
-        if self._exempt(req):
+        if self.exempted(req):
             return
         klass = request_class(req, resource, params)
         user = req.context.get("user")
-        who = f"user:{user}" if user else f"addr:{self._address(req)}"
+        who = f"user:{user}" if user else f"addr:{self.address(req)}"
         wait = self.store.take(f"{klass}:{who}", self.limits[klass])
         if wait:
-            raise self._refuse(wait, klass)
+            raise self.refuse(wait, klass)
+
+
+class LoginThrottle:
+    """The rate limiter's first part, before `auth`: while an address's failed-login bucket is empty, requests
+    with credentials from there get 429 before any password is checked; every failed login takes a token."""
+
+    def __init__(self, limiter: RateLimit):
+        self.limiter = limiter
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limiter = self.limiter
+        if req.get_header("Authorization") and not limiter.exempted(req):
+            wait = limiter.store.empty(f"failed_login:{limiter.address(req)}", limiter.limits["failed_login"])
+            if wait:
+                raise limiter.refuse(wait, "failed_login")
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         failed = req.context.get("auth_failed")  # set by the auth middleware; else any 401 to credentials
         if failed is None:
             failed = resp.status_code == 401 and bool(req.get_header("Authorization"))
-        if failed and not self._exempt(req):
-            self.store.take(f"failed_login:{self._address(req)}", self.limits["failed_login"])
+        limiter = self.limiter
+        if failed and not limiter.exempted(req):
+            limiter.store.take(f"failed_login:{limiter.address(req)}", limiter.limits["failed_login"])

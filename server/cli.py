@@ -40,8 +40,7 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"dockyard gc: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
         return 2
     registry = build_registry(config)
-    report = registry.gc.run(dry_run=args.dry_run, grace=config.gc_grace if args.grace is None else args.grace,
-                             delete_untagged=args.delete_untagged)
+    report = registry.collect_garbage(dry_run=args.dry_run, grace=args.grace, delete_untagged=args.delete_untagged)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -119,18 +118,15 @@ def _check_config(args: argparse.Namespace) -> int:
     """Load the configuration and build the middleware chain as `serve` would; print the effective settings."""
     import json
 
-    from dockyard.middleware import MiddlewareContext, build_chain
-
     from .config import SETTINGS
-    from .urls import ExternalURLs
+    from .pipeline import build_request_path
 
     config = load_config(args.config, overrides={"bind": args.bind, "data": args.data, "workers": args.workers})
     try:
-        ExternalURLs.from_config(config)
         if config.accel_redirect and not config.accel_redirect.startswith("/"):
             raise ConfigError(f"setting 'accel_redirect': must be a location path starting with '/', got "
                               f"{config.accel_redirect!r}")
-        chain = build_chain(config.middleware, MiddlewareContext(config))
+        path = build_request_path(config, None)
     except ConfigError:
         raise
     except Exception as exc:  # a middleware refusing its options, or one that cannot be imported
@@ -145,9 +141,9 @@ def _check_config(args: argparse.Namespace) -> int:
             else repr(value)
         print(f"{name} = {shown}")
     print(f"# workers actually started: {config.worker_count}")
-    print(f"# middleware chain ({len(chain)}), in order:")
-    for entry, component in zip(config.middleware, chain):
-        print(f"#   {entry['name']}: {type(component).__module__}.{type(component).__qualname__}")
+    print("# request path, in order (the read-only stage joins when the registry runs):")
+    for stage, name, component in path.stages:
+        print(f"#   {stage}: {type(component).__module__}.{type(component).__qualname__}")
     return 0
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .proxies import TrustedProxies
+
 ENV_PREFIX = "DOCKYARD_"
 
 
@@ -68,9 +70,20 @@ class Config:
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
 
+    def __post_init__(self) -> None:
+        try:
+            TrustedProxies.parse(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'trusted_proxies': {exc}") from None
+
     @property
     def data_path(self) -> Path:
         return Path(self.data)
+
+    @property
+    def proxies(self) -> TrustedProxies:
+        """`trusted_proxies`, parsed (it was checked when the configuration was loaded)."""
+        return TrustedProxies.parse(self.trusted_proxies)
 
     @property
     def worker_count(self) -> int:
@@ -98,7 +111,7 @@ def _middleware_entries(value: Any) -> tuple:
 
 
 def _quota_entries(value: Any) -> tuple:
-    from .metadata.quotas import parse_size
+    from .quotas import parse_size
     from .names import NAME_RE
 
     if not isinstance(value, dict):

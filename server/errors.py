@@ -1,8 +1,15 @@
 """The one table of registry error codes, and the one serializer of error bodies.
 
-Storage, metadata and resources raise `RegistryError` subclasses; the app's error handler turns them into
-`{"errors": [{"code", "message", "detail"}]}` with the status from this table. The codes are those of the OCI
-Distribution Spec (spec.md, "Error Codes") plus the Docker V2 API's TAG_INVALID. This module never imports falcon.
+Storage, metadata, the domain and resources raise `RegistryError` subclasses; the app's error handler turns them into
+`{"errors": [{"code", "message", "detail"}]}` with the status from this table. Every code the server sends is here,
+each with exactly one HTTP status: a raise site chooses the code, never the status.
+
+- The OCI Distribution Spec's codes (spec.md, "Error Codes").
+- Codes of the Docker V2 API and of Distribution's error registry that clients already know: TAG_INVALID,
+  RANGE_INVALID, PAGINATION_NUMBER_INVALID, UNKNOWN, UNAVAILABLE.
+- Dockyard's own, for what neither names: BAD_REQUEST, NOT_FOUND (no such endpoint), TOO_LARGE.
+
+This module never imports falcon.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any
 
 # code -> (HTTP status, message). The single source of truth for both.
 ERROR_TABLE: dict[str, tuple[int, str]] = {
+    # OCI Distribution Spec
     "BLOB_UNKNOWN": (404, "blob unknown to registry"),
     "BLOB_UPLOAD_INVALID": (400, "blob upload invalid"),
     "BLOB_UPLOAD_UNKNOWN": (404, "blob upload unknown to registry"),
@@ -22,32 +30,37 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "NAME_INVALID": (400, "invalid repository name"),
     "NAME_UNKNOWN": (404, "repository name not known to registry"),
     "SIZE_INVALID": (400, "provided length did not match content length"),
-    "TAG_INVALID": (400, "manifest tag did not match URI"),
     "UNAUTHORIZED": (401, "authentication required"),
     "DENIED": (403, "requested access to the resource is denied"),
     "UNSUPPORTED": (405, "the operation is unsupported"),
     "TOOMANYREQUESTS": (429, "too many requests"),
+    # Docker V2 API and Distribution's error registry
+    "TAG_INVALID": (400, "manifest tag did not match URI"),
+    "RANGE_INVALID": (416, "invalid content range"),
+    "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
+    "UNKNOWN": (500, "unknown error"),
+    "UNAVAILABLE": (503, "service unavailable"),
+    # Dockyard
+    "BAD_REQUEST": (400, "malformed request"),
+    "NOT_FOUND": (404, "no such endpoint"),
+    "TOO_LARGE": (413, "request body too large"),
 }
 
 
 class RegistryError(Exception):
-    """A failure the client is told about. Subclasses fix the code; `status` may be narrowed per raise."""
+    """A failure the client is told about. Subclasses fix the code, and with it the status."""
 
-    code = "UNSUPPORTED"
+    code = "UNKNOWN"
 
-    def __init__(self, detail: Any = None, *, status: int | None = None, message: str | None = None,
-                 headers: dict[str, str] | None = None):
-        default_status, default_message = ERROR_TABLE[self.code]
-        self.status = status or default_status
+    def __init__(self, detail: Any = None, *, message: str | None = None, headers: dict[str, str] | None = None):
+        self.status, default_message = ERROR_TABLE[self.code]
         self.message = message or default_message
         self.detail = detail
         self.headers = headers or {}
         super().__init__(f"{self.code}: {self.message}" + (f" ({detail})" if detail is not None else ""))
 
     def to_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"code": self.code, "message": self.message}
-        entry["detail"] = self.detail if self.detail is not None else {}
-        return entry
+        return {"code": self.code, "message": self.message, "detail": self.detail if self.detail is not None else {}}
 
 
 def _error_class(code: str) -> type[RegistryError]:
@@ -65,11 +78,23 @@ ManifestUnknown = _error_class("MANIFEST_UNKNOWN")
 NameInvalid = _error_class("NAME_INVALID")
 NameUnknown = _error_class("NAME_UNKNOWN")
 SizeInvalid = _error_class("SIZE_INVALID")
-TagInvalid = _error_class("TAG_INVALID")
 Unauthorized = _error_class("UNAUTHORIZED")
 Denied = _error_class("DENIED")
 Unsupported = _error_class("UNSUPPORTED")
 TooManyRequests = _error_class("TOOMANYREQUESTS")
+TagInvalid = _error_class("TAG_INVALID")
+RangeInvalid = _error_class("RANGE_INVALID")
+PaginationNumberInvalid = _error_class("PAGINATION_NUMBER_INVALID")
+Unknown = _error_class("UNKNOWN")
+Unavailable = _error_class("UNAVAILABLE")
+BadRequest = _error_class("BAD_REQUEST")
+NotFound = _error_class("NOT_FOUND")
+TooLarge = _error_class("TOO_LARGE")
+
+BY_CODE: dict[str, type[RegistryError]] = {cls.code: cls for cls in RegistryError.__subclasses__()}
+# The code for each status the framework itself may answer (an unknown route, a method not allowed, ...).
+_BY_STATUS = {status: code for code, (status, _) in reversed(list(ERROR_TABLE.items()))}
+_BY_STATUS.update({400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "UNSUPPORTED", 500: "UNKNOWN"})
 
 
 def error_body(*errors: RegistryError) -> bytes:
@@ -78,20 +103,7 @@ def error_body(*errors: RegistryError) -> bytes:
 
 
 def error_for_status(status: int, detail: Any = None, message: str | None = None) -> RegistryError:
-    """The registry error for a bare HTTP failure raised by the framework (unknown route, bad method...)."""
-    code = {
-        400: "UNSUPPORTED",
-        401: "UNAUTHORIZED",
-        403: "DENIED",
-        404: "UNSUPPORTED",
-        405: "UNSUPPORTED",
-        411: "SIZE_INVALID",
-        413: "SIZE_INVALID",
-        416: "SIZE_INVALID",
-        429: "TOOMANYREQUESTS",
-    }.get(status, "UNSUPPORTED")
-    cls = _BY_CODE[code]
-    return cls(detail, status=status, message=message)
-
-
-_BY_CODE = {cls.code: cls for cls in RegistryError.__subclasses__()}
+    """The registry error for a bare HTTP failure raised by the framework. Its status is the table's: a status
+    with no code of its own becomes the generic code of its class (4xx BAD_REQUEST, 5xx UNKNOWN)."""
+    code = _BY_STATUS.get(status) or ("BAD_REQUEST" if 400 <= status < 500 else "UNKNOWN")
+    return BY_CODE[code](detail, message=message)

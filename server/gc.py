@@ -4,31 +4,29 @@ Roots are tags. From them the graph reaches index children and referrers of live
 with `delete_untagged`, manifests outside that set (and older than the grace period) are deleted. Then repository
 links no manifest uses are dropped (at once for layers of deleted images, after the grace period for uploads that
 never got their manifest), then blobs no link and no manifest refers to, then orphaned manifest bytes, expired
-upload sessions, and files on disk the database does not know (left by a crash between a file's rename and its
-transaction's commit).
+upload sessions, and stored objects and upload data no metadata row names (left by a crash between a store step
+and its transaction; see the protocol in `storage`).
 
-Each step is its own short write transaction that re-derives the garbage inside it, so pushes and pulls go on in
-between, and a manifest PUT racing with a sweep either finds its blobs or gets MANIFEST_BLOB_UNKNOWN. A blob's
-file is moved to trash inside the transaction that forgets it and deleted after the commit; after a crash,
-`recover` puts back trashed files the database still records. A dry run performs the same steps in one
-transaction and rolls it back, so its report is exactly what a real run would have done at that moment.
+Each step is its own short metadata transaction that re-derives the garbage inside it, so pushes and pulls go on in
+between, and a manifest PUT racing with a sweep either finds its blobs or gets MANIFEST_BLOB_UNKNOWN. A blob is
+forgotten in a transaction that records its key as a pending delete; the store deletes the bytes after the commit,
+and a crash in between leaves the pending rows for the next run (and start-up) to finish. A dry run performs the
+same steps in one transaction and rolls it back, so its report is exactly what a real run would do at that moment.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from dataclasses import asdict, dataclass, field
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import Callable, ContextManager
 
-from .metadata import Metadata
-from .metadata.lifecycle import Maintenance
-from .names import parse_digest
+from .metadata import Lifecycle, Metadata
 from .storage import BlobStore
 
 BATCH = 500
+MONOLITHIC_MIN_AGE = 60.0  # seconds a monolithic session may take to start holding its lock
+MONOLITHIC_MAX_AGE = 3600.0  # where the store cannot tell whether a request still holds a monolithic session
 
 
 @dataclass
@@ -60,120 +58,128 @@ class GarbageCollector:
         started = time.monotonic()
         report = GcReport(dry_run=dry_run)
         cutoff = self.clock() - grace
-        with self._exclusive():
-            self.store.recover_trash(self.metadata.blob_known)
+        with self.metadata.lock("gc"):
             if dry_run:
-                with self.metadata.maintenance(dry_run=True) as shared:
-                    self._collect(report, cutoff, delete_untagged, lambda: nullcontext(shared), remove=None)
+                with self.metadata.lifecycle(dry_run=True) as shared:
+                    self._collect(report, cutoff, delete_untagged, lambda: nullcontext(shared))
             else:
-                self._collect(report, cutoff, delete_untagged, self.metadata.maintenance, remove=self._trash)
-                self._purge_uploads(report)
-                self._remove_orphan_files(report)
+                self.finish_deletes()
+                self._collect(report, cutoff, delete_untagged, self.metadata.lifecycle)
+                report.uploads_purged = self.purge_uploads()
+                report.orphan_files_removed = self._remove_orphans(cutoff)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
     def _collect(self, report: GcReport, cutoff: float, delete_untagged: bool,
-                 transaction: Callable[[], ContextManager[Maintenance]], remove: Callable[[str], None] | None) -> None:
+                 transaction: Callable[[], ContextManager[Lifecycle]]) -> None:
         """The sweeps, each step in `transaction()`: its own in a real run, one shared in a dry run."""
         if delete_untagged:
-            with transaction() as m:
-                repositories = m.repository_ids()
+            with transaction() as step:
+                repositories = step.repositories()
             for repository_id, name in repositories:
-                with transaction() as m:
-                    for digest, _ in m.sweep_manifests(repository_id, cutoff):
+                with transaction() as step:
+                    for digest, _ in step.sweep_manifests(repository_id, cutoff):
                         report.manifests.append({"repository": name, "digest": digest})
             report.manifests_removed = len(report.manifests)
-        with transaction() as m:
-            report.links_removed = m.sweep_links(cutoff)
+        with transaction() as step:
+            report.links_removed = step.sweep_links(cutoff)
         while True:
-            with transaction() as m:
-                batch = m.sweep_blobs(remove or (lambda digest: None), BATCH)
-            if remove is not None:
-                self.store.empty_trash()
-            report.blobs.extend(digest for digest, _ in batch)
-            report.bytes_freed += sum(size for _, size in batch)
+            with transaction() as step:
+                batch = step.sweep_blobs(BATCH)
+            if not report.dry_run:
+                self._delete([blob.key for blob in batch])
+            report.blobs.extend(blob.digest for blob in batch)
+            report.bytes_freed += sum(blob.size for blob in batch)
             if len(batch) < BATCH:
                 break
         report.blobs_removed = len(report.blobs)
-        with transaction() as m:
-            report.bytes_freed += sum(size for _, size in m.sweep_manifest_content())
+        with transaction() as step:
+            report.bytes_freed += sum(size for _, size in step.sweep_manifest_content())
 
-    def _trash(self, digest: str) -> None:
-        self.store.trash(parse_digest(digest))
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.store.delete(key)
+        self.metadata.forget_pending(keys)
 
-    def _purge_uploads(self, report: GcReport) -> None:
-        """Upload sessions idle longer than upload_max_age go with their files (unless a request holds them)."""
-        with self.metadata.maintenance() as m:
-            expired = m.expired_uploads(self.clock() - self.upload_max_age)
-        for upload_id in expired:
-            if self.store.try_remove_upload(upload_id, forget=lambda: self._forget_upload(upload_id)):
-                report.uploads_purged += 1
+    def finish_deletes(self) -> int:
+        """Carry out pending deletes a crash interrupted; how many."""
+        done = 0
+        while keys := self.metadata.pending_deletes(BATCH):
+            self._delete(keys)
+            done += len(keys)
+            if len(keys) < BATCH:
+                break
+        return done
 
-    def _forget_upload(self, upload_id: str) -> None:
-        with self.metadata.maintenance() as m:
-            m.delete_upload(upload_id)
+    def purge_uploads(self, *, at_start: bool = False) -> int:
+        """Upload sessions idle longer than upload_max_age go with their data; so do monolithic sessions whose
+        request is gone (killed mid-body: nobody can continue them), and upload data no session row names (the row
+        is always written first, so such data is left by a crash or a cancel). How many went."""
+        with self.metadata.lock("purge", blocking=False) as held:
+            if not held:
+                return 0
+            now = self.clock()
+            idle_cutoff = now - self.upload_max_age
+            # A monolithic session younger than a minute may not hold its lock yet; at start-up none runs here.
+            with self.metadata.lifecycle() as step:
+                stale = step.stale_uploads(idle_cutoff, now if at_start else now - MONOLITHIC_MIN_AGE)
+            doomed = [session for session in stale if session.updated_at < idle_cutoff or self._abandoned(session, now)]
+            if doomed:
+                with self.metadata.lifecycle() as step:
+                    for session in doomed:
+                        step.delete_upload(session.id)
+                for session in doomed:
+                    self.store.abort_upload(session.id, session.state)
+            return len(doomed) + self._remove_orphan_uploads()
 
-    def _remove_orphan_files(self, report: GcReport) -> None:
-        report.orphan_files_removed += self._sweep_orphan_files()
-        report.orphan_files_removed += self.store.remove_orphan_uploads(self.metadata.upload_known)
+    def _abandoned(self, session, now: float) -> bool:
+        """A monolithic session no request holds any more (where the store cannot tell: one over an hour old)."""
+        busy = self.store.upload_in_progress(session.id)
+        return busy is False or (busy is None and session.created_at < now - MONOLITHIC_MAX_AGE)
 
-    def _sweep_orphan_files(self) -> int:
-        """Files under blobs/ with no database row: a crash came between a rename and its commit."""
+    def _remove_orphan_uploads(self) -> int:
         removed = 0
-        digests = list(self.store.digests())
-        for start in range(0, len(digests), BATCH):
-            with self.metadata.maintenance() as m:
-                # Under the write lock no install is half done, so a file without a row is truly an orphan.
-                for digest in digests[start:start + BATCH]:
-                    if not m.blob_known(str(digest)) and self.store.delete(digest):
-                        removed += 1
+        ids = list(self.store.iterate_uploads())
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start:start + BATCH]
+            for session_id in set(batch) - self.metadata.known_uploads(batch):
+                self.store.abort_upload(session_id)
+                removed += 1
+        return removed
+
+    def _remove_orphans(self, cutoff: float) -> int:
+        """Stored objects no blob row and no pending delete names, modified before `cutoff`."""
+        removed = 0
+        batch: list = []
+
+        def flush() -> None:
+            nonlocal removed
+            known = self.metadata.known_keys(obj.key for obj in batch)
+            for obj in batch:
+                if obj.key not in known:
+                    self.store.delete(obj.key)
+                    removed += 1
+            batch.clear()
+
+        for obj in self.store.iterate():
+            if obj.modified < cutoff:
+                batch.append(obj)
+                if len(batch) >= BATCH:
+                    flush()
+        flush()
         return removed
 
     def recover(self) -> dict:
-        """Make the disk agree with the database after a crash: trashed blobs the database still records come back,
-        the rest of the trash goes, and so do blob files no row records. Cheap when there was no crash."""
-        restored, deleted = self.store.recover_trash(self.metadata.blob_known)
-        return {"restored": restored, "trash_deleted": deleted, "orphans_removed": self._sweep_orphan_files(),
-                "orphan_uploads_removed": self.store.remove_orphan_uploads(self.metadata.upload_known)}
+        """At start-up: finish interrupted deletes, drop monolithic sessions a killed request left and upload data
+        no session records. Cheap when there was no crash (it lists pending deletes and upload sessions, not blobs)."""
+        return {"deletes_finished": self.finish_deletes(), "uploads_removed": self.purge_uploads(at_start=True)}
 
     def run_if_due(self, interval: float, *, delete_untagged: bool, grace: float) -> GcReport | None:
         """For the schedule: run unless another process is collecting or a run finished less than `interval` ago."""
-        last = float(self.metadata.get_state("last_gc") or 0)
-        if self.clock() - last < interval:
+        if self.clock() - float(self.metadata.get_state("last_gc") or 0) < interval:
             return None
-        lock = _FileLock(self.store.root / "gc.lock", blocking=False)
-        with lock:
-            if not lock.held:
-                return None
-            last = float(self.metadata.get_state("last_gc") or 0)
-            if self.clock() - last < interval:
+        with self.metadata.lock("gc-schedule", blocking=False) as held:
+            if not held or self.clock() - float(self.metadata.get_state("last_gc") or 0) < interval:
                 return None
             self.metadata.set_state("last_gc", str(self.clock()))
         return self.run(grace=grace, delete_untagged=delete_untagged)
-
-    def _exclusive(self):
-        """One collection at a time per data directory (workers, the schedule and `dockyard gc` alike)."""
-        return _FileLock(self.store.root / "gc.lock")
-
-
-class _FileLock:
-    def __init__(self, path, *, blocking: bool = True):
-        self.path = path
-        self.blocking = blocking
-        self.fd = -1
-        self.held = False
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-            self.held = True
-        except BlockingIOError:
-            self.held = False
-        return self
-
-    def __exit__(self, *exc):
-        if self.held:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        return False

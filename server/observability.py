@@ -9,22 +9,23 @@
   each scrape. Counts are kept per process in `<data>/metrics/` and added up across gunicorn workers (`.metrics`).
 
 `InstrumentedApp` wraps the WSGI call itself, so a request's duration includes streaming its response body, and a
-request that fails before or after Falcon's own handling is still counted.
+request that fails before or after Falcon's own handling is still counted. It is also where the rest of the app
+learns that a response is complete (`on_response_complete`: the access log writes its line then) and how many body
+bytes a request delivered (`counted`, `bytes_received`), without wrapping the response body: a file body keeps
+going out through the server's `wsgi.file_wrapper`, and so through sendfile.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import falcon
 
-from .metadata import probes
+from .errors import RegistryError
 from .metrics import CONTENT_TYPE, DURATION_BUCKETS, Family, Metrics
+from .routes import HEALTH, METRICS, READY
 
 if TYPE_CHECKING:
     from .bodies import Source
@@ -65,6 +66,23 @@ class RequestStats:
     """What the WSGI wrapper learns about a request from inside the app (through the WSGI environ)."""
     route: str | None = None
     bytes_in: int = 0
+    on_complete: list = field(default_factory=list)  # callables of (bytes sent), run when the response is done
+
+
+def on_response_complete(environ: dict, callback: Callable[[int], None]) -> bool:
+    """Call `callback(bytes_sent)` once the server is done with this request's response body; False when the app is
+    not wrapped by `InstrumentedApp` (the caller then does it at once)."""
+    stats = environ.get(STATS_KEY)
+    if stats is None:
+        return False
+    stats.on_complete.append(callback)
+    return True
+
+
+def bytes_received(environ: dict) -> int:
+    """Request body bytes read through `counted` sources so far (chunked bodies included)."""
+    stats = environ.get(STATS_KEY)
+    return stats.bytes_in if stats is not None else 0
 
 
 class CountingSource:
@@ -95,30 +113,35 @@ def note_blob_upload(req: falcon.Request, size: int) -> None:
         metrics.inc(BLOB_UPLOAD_BYTES, amount=size)
 
 
-def registry_metrics(registry: "Registry") -> Metrics:
-    """The metrics of one registry: files under `<data>/metrics`, storage gauges from its database."""
-    db_path = registry.metadata.path
+def registry_metrics(registry: "Registry", directory) -> Metrics:
+    """The metrics of one registry: files under `directory`, storage gauges from its metadata at each scrape."""
 
     def storage() -> list:
         try:
-            usage = probes.storage_usage(db_path)
-        except sqlite3.Error:
+            usage = registry.usage()
+        except (RegistryError, OSError, ValueError):
+            return []
+        except Exception:  # a database driver's own error: a scrape shows no gauges rather than failing
             return []
         return [(STORED_BLOBS, (), usage.blobs), (STORED_BYTES, (), usage.blob_bytes),
                 (UPLOAD_SESSIONS, (), usage.upload_sessions)]
 
-    return Metrics(registry.config.data_path / "metrics", FAMILIES, collectors=[storage])
+    return Metrics(directory, FAMILIES, collectors=[storage])
 
 
 class _ClosingIterable:
-    """A response body that reports when the server is done with it (WSGI calls close() last)."""
+    """A response body that counts what the server takes from it and reports when the server is done with it
+    (WSGI calls close() last)."""
 
-    def __init__(self, iterable, on_close: Callable[[], None]):
+    def __init__(self, iterable, on_close: Callable[[int], None]):
         self._iterable = iterable
         self._on_close = on_close
+        self._sent = 0
 
     def __iter__(self):
-        return iter(self._iterable)
+        for chunk in self._iterable:
+            self._sent += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -126,26 +149,27 @@ class _ClosingIterable:
             if close is not None:
                 close()
         finally:
-            self._on_close()
+            self._on_close(self._sent)
 
 
 class InstrumentedApp(falcon.App):
-    """falcon.App whose WSGI call is measured into `self.metrics` (None: not measured)."""
+    """falcon.App whose WSGI call is measured into `self.metrics` (None: not measured), and which tells the app
+    when each response is complete (`on_response_complete`)."""
 
     __slots__ = ("metrics",)
 
     def __call__(self, env: dict, start_response):
         metrics: Metrics | None = getattr(self, "metrics", None)
-        if metrics is None:
-            return super().__call__(env, start_response)
         started = time.perf_counter()
         stats = RequestStats()
         env[STATS_KEY] = stats
-        env[STATS_KEY + ".metrics"] = metrics
         method = env.get("REQUEST_METHOD", "GET")
-        upload = method in ("POST", "PATCH", "PUT") and "/blobs/uploads/" in env.get("PATH_INFO", "")
-        if upload:
-            metrics.inc(UPLOADS_IN_PROGRESS)
+        upload = False
+        if metrics is not None:
+            env[STATS_KEY + ".metrics"] = metrics
+            upload = method in ("POST", "PATCH", "PUT") and "/blobs/uploads/" in env.get("PATH_INFO", "")
+            if upload:
+                metrics.inc(UPLOADS_IN_PROGRESS)
         response: dict = {}
 
         def capture(status, headers, exc_info=None):
@@ -154,37 +178,32 @@ class InstrumentedApp(falcon.App):
 
         finished = []
 
-        def finish() -> None:
+        def finish(sent: int | None = None) -> None:
             if finished:  # close() may come twice (a server's own call after ours)
                 return
             finished.append(True)
-            route = stats.route or "unmatched"
-            method_label = method if method in METHODS else "other"
-            status = response.get("status", "500").split(" ", 1)[0]
-            additions = [(metrics.key(REQUESTS, (("method", method_label), ("route", route), ("status", status))), 1)]
-            additions += metrics.observation(DURATION, (("method", method_label), ("route", route)),
-                                             time.perf_counter() - started)
-            if upload:
-                additions.append((metrics.key(UPLOADS_IN_PROGRESS), -1))
-            received = stats.bytes_in or _int(env.get("CONTENT_LENGTH"))
-            if received:
-                additions.append((metrics.key(BYTES_IN, (("route", route),)), received))
-            sent = 0 if method == "HEAD" else _int(_header(response.get("headers", ()), "content-length"))
-            if sent:
-                additions.append((metrics.key(BYTES_OUT, (("route", route),)), sent))
-            metrics.add(additions)
+            if sent is None:
+                sent = 0 if method == "HEAD" else _int(_header(response.get("headers", ()), "content-length"))
+            try:
+                for callback in stats.on_complete:
+                    callback(sent)
+            finally:
+                if metrics is not None:
+                    self._measure(metrics, stats, method, upload, response, sent, time.perf_counter() - started,
+                                  env)
 
         try:
             result = super().__call__(env, capture)
         except BaseException:
-            finish()
+            finish(0)
             raise
         if isinstance(result, list):  # a body already in memory (Falcon's resp.data/media): nothing left to time
-            finish()
+            finish(0 if method == "HEAD" else sum(len(chunk) for chunk in result))
             return result
         wrapper = env.get("wsgi.file_wrapper")
         if wrapper is not None and isinstance(result, wrapper):
             # Keep the server's file wrapper (and so its sendfile path): hook its close instead of wrapping it.
+            # Bytes sent are then the Content-Length: sendfile's progress is the server's, not ours to count.
             original = getattr(result, "close", None)
 
             def close() -> None:
@@ -200,6 +219,23 @@ class InstrumentedApp(falcon.App):
             except AttributeError:
                 pass
         return _ClosingIterable(result, finish)
+
+    @staticmethod
+    def _measure(metrics: Metrics, stats: RequestStats, method: str, upload: bool, response: dict, sent: int,
+                 duration: float, env: dict) -> None:
+        route = stats.route or "unmatched"
+        method_label = method if method in METHODS else "other"
+        status = response.get("status", "500").split(" ", 1)[0]
+        additions = [(metrics.key(REQUESTS, (("method", method_label), ("route", route), ("status", status))), 1)]
+        additions += metrics.observation(DURATION, (("method", method_label), ("route", route)), duration)
+        if upload:
+            additions.append((metrics.key(UPLOADS_IN_PROGRESS), -1))
+        received = stats.bytes_in or _int(env.get("CONTENT_LENGTH"))
+        if received:
+            additions.append((metrics.key(BYTES_IN, (("route", route),)), received))
+        if sent:
+            additions.append((metrics.key(BYTES_OUT, (("route", route),)), sent))
+        metrics.add(additions)
 
 
 def _int(value) -> int:
@@ -235,34 +271,13 @@ class HealthResource:
 
 
 class ReadyResource:
-    """`/readyz`: the database answers and the data directory takes a write."""
+    """`/readyz`: the database answers and the blob store takes a write."""
 
     def __init__(self, registry: "Registry"):
         self.registry = registry
 
-    def checks(self) -> dict[str, str]:
-        results = {}
-        try:
-            probes.ping(self.registry.metadata.path)
-            results["database"] = "ok"
-        except sqlite3.Error as exc:
-            results["database"] = f"failed: {exc}"
-        probe = self.registry.config.data_path / f".readyz-{os.getpid()}-{threading.get_ident()}"
-        try:
-            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, b"ready\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
-            results["storage"] = "ok"
-        except OSError as exc:
-            results["storage"] = f"failed: {exc.strerror or exc}"
-        return results
-
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        checks = self.checks()
+        checks = self.registry.readiness()
         ready = all(value == "ok" for value in checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"status": "ready" if ready else "not ready", "checks": checks}
@@ -281,10 +296,9 @@ class MetricsResource:
         resp.data = self.metrics.render()
 
 
-def install(app: InstrumentedApp, registry: "Registry") -> None:
+def install(app: InstrumentedApp, registry: "Registry", metrics_directory) -> None:
     """Add the health, readiness and metrics endpoints to `app` and start measuring its requests."""
-    app.metrics = registry_metrics(registry)
-    app.add_middleware(RouteLabel())
-    app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(registry))
-    app.add_route("/metrics", MetricsResource(app.metrics))
+    app.metrics = registry_metrics(registry, metrics_directory)
+    app.add_route(HEALTH, HealthResource())
+    app.add_route(READY, ReadyResource(registry))
+    app.add_route(METRICS, MetricsResource(app.metrics))

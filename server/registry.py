@@ -1,28 +1,34 @@
-"""The registry's operations, independent of HTTP: what each endpoint does to the blob store and the metadata.
+"""The registry's operations, independent of HTTP: the only door to the blob store and the metadata.
 
-Resources parse requests and shape responses; everything in between happens here, so the same rules hold for
-the HTTP API, the admin commands and the tests. Failures are the domain errors of `errors`.
+Resources parse requests and shape responses; the admin API, the CLI, background jobs and tests call the same
+methods; middleware never see this object at all. Everything between a request and the state happens here, so the
+same rules hold everywhere. The commit and delete protocol between the blob store and the metadata is described in
+`storage`'s docstring and carried out here (uploads) and in `gc` (deletes). Failures are the domain errors of
+`errors`.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from .bodies import Source
+from .cache import BoundedCache
 from .config import Config
 from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestUnknown, NameUnknown,
-                     SizeInvalid, TagInvalid)
-from .gc import GarbageCollector
+                     RangeInvalid, RegistryError, SizeInvalid, TagInvalid)
+from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
-from .metadata import ManifestRecord, Metadata, Upload
-from .metadata.quotas import Quota
+from .metadata import Metadata
+from .model import BlobRecord, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadSession, UploadState
 from .names import Digest, parse_digest, parse_reference
-from .storage import BlobStore, CommittedBlob
+from .quotas import Quota
+from .storage import BlobStore
 
-CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)")
+CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})")
 
 
 @dataclass(slots=True)
@@ -39,113 +45,170 @@ class StoredManifest:
     subject: str | None
 
 
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
 class Registry:
-    def __init__(self, config: Config, store: BlobStore, metadata: Metadata, *, clock=time.time):
+    def __init__(self, config: Config, store: BlobStore, metadata: Metadata, *, clock: Callable[[], float] = time.time,
+                 new_id: Callable[[], str] = new_session_id):
         self.config = config
-        self.store = store
-        self.metadata = metadata
+        self._store = store
+        self._metadata = metadata
         self.clock = clock
+        self._new_id = new_id
         self.quotas = tuple(Quota(pattern, limit) for pattern, limit in config.quotas)
-        self.gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
+        self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
+        self._manifest_bytes = BoundedCache(max_bytes=32 * 1024 * 1024)
         self._read_only_checked = (-1.0, False)
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
-    def blob(self, name: str, digest: str) -> tuple[Digest, int]:
-        """A blob readable in `name`: its parsed digest and size. BLOB_UNKNOWN otherwise."""
-        parsed = parse_digest(digest)
-        size = self.metadata.blob_size(name, str(parsed))
-        if size is None:
+    def blob(self, name: str, digest: str) -> BlobRecord:
+        """A blob readable in `name`; BLOB_UNKNOWN otherwise."""
+        record = self._metadata.blob(name, str(parse_digest(digest)))
+        if record is None:
             raise BlobUnknown({"digest": digest})
-        return parsed, size
+        return record
 
-    def open_blob(self, digest: Digest) -> BinaryIO:
-        return self.store.open(digest)
+    def read_blob(self, blob: BlobRecord, start: int = 0, length: int | None = None) -> BinaryIO:
+        return self._store.read(blob.key, start, length)
+
+    def blob_redirect(self, blob: BlobRecord) -> Redirect | None:
+        """Where the client or the proxy in front fetches the bytes itself, when the store is set up for it."""
+        return self._store.redirect(blob.key, blob.digest, blob.size)
 
     def delete_blob(self, name: str, digest: str) -> None:
-        parsed = parse_digest(digest)
-        if not self.metadata.unlink_blob(name, str(parsed)):
+        if not self._metadata.unlink_blob(name, str(parse_digest(digest))):
             raise BlobUnknown({"digest": digest})
 
-    def mount(self, name: str, source: str, digest: str) -> tuple[Digest, int] | None:
+    def mount(self, name: str, source: str, digest: str) -> BlobRecord | None:
         """Cross-repository mount; None when the blob is not readable in `source` (the caller opens a session)."""
         try:
             parsed = parse_digest(digest)
         except DigestInvalid:
             return None
-        size = self.metadata.mount_blob(name, source, str(parsed), self.quotas_for(name))
-        return (parsed, size) if size is not None else None
+        return self._metadata.mount_blob(name, source, str(parsed), quotas=self.quotas_for(name))
 
     # -- uploads -------------------------------------------------------------------------------------------------
 
-    def start_upload(self, name: str) -> Upload:
-        upload_id = self.store.new_upload()
-        self.metadata.create_upload(name, upload_id)
-        return self._session(name, upload_id)
+    def start_upload(self, name: str) -> UploadSession:
+        session_id = self._new_id()
+        self._metadata.create_upload(name, session_id)  # the row first: the store never holds bytes nobody records
+        try:
+            state = self._store.open_upload(session_id)
+            if state != UploadState():
+                self._metadata.save_upload(session_id, 0, state)
+        except BaseException:
+            self._metadata.delete_upload(session_id)
+            raise
+        return self._session(name, session_id)
 
-    def upload_status(self, name: str, upload_id: str) -> Upload:
-        return self._session(name, upload_id)
+    def upload_status(self, name: str, session_id: str) -> UploadSession:
+        return self._session(name, session_id)
 
-    def append_upload(self, name: str, upload_id: str, body: Body) -> Upload:
+    def append_upload(self, name: str, session_id: str, body: Body) -> UploadSession:
         """A PATCH: append the body to the session, in order."""
-        self._session(name, upload_id)
-        with self.store.open_upload(upload_id) as writer:
-            session = self._session(name, upload_id)  # re-read under the lock: another worker may have moved it
-            writer.offset = session.length
+        self._session(name, session_id)
+        with self._store.upload_lock(session_id):
+            session = self._session(name, session_id)  # re-read under the lock: another worker may have moved it
             self._check_range(session, body)
             self._check_quota_room(name, session.length + (body.length or 0))
-            length = writer.append(body.source)
-            self.metadata.set_upload_length(upload_id, length)
-            session.length = length
+            self._append(session, body)
             return session
 
-    def finish_upload(self, name: str, upload_id: str, digest: str | None, body: Body) -> CommittedBlob:
+    def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body) -> StoredBlob:
         """The closing PUT: append an optional last chunk, verify the digest, commit the blob."""
-        self._session(name, upload_id)
+        self._session(name, session_id)
         if not digest:
             raise DigestInvalid({"reason": "the closing PUT needs ?digest="}, message="digest missing")
         parsed = parse_digest(digest)
-        with self.store.open_upload(upload_id) as writer:
-            session = self._session(name, upload_id)
-            writer.offset = session.length
+        with self._store.upload_lock(session_id):
+            session = self._session(name, session_id)
             if body.length or body.length is None:
                 self._check_range(session, body)
-                writer.append(body.source)
-            try:
-                blob = writer.verify(parsed)
-            except DigestInvalid:
-                # A failed upload leaves nothing: the session and its bytes go.
-                self.metadata.delete_upload(upload_id)
-                self.store.remove_upload(upload_id)
-                raise
-            self.metadata.add_blob(name, str(blob.digest), blob.size, install=writer.install, upload_id=upload_id,
-                                   quotas=self.quotas_for(name))
-            writer.sync()
-            return blob
+                self._append(session, body)
+            stored = self._commit(session, parsed)
+        return self._record(name, stored, session_id)
 
-    def cancel_upload(self, name: str, upload_id: str) -> None:
-        self._session(name, upload_id)
-        with self.store.open_upload(upload_id):
-            self.metadata.delete_upload(upload_id)
-            self.store.remove_upload(upload_id)
+    def cancel_upload(self, name: str, session_id: str) -> None:
+        self._session(name, session_id)
+        with self._store.upload_lock(session_id):
+            session = self._session(name, session_id)
+            self._metadata.delete_upload(session_id)
+            self._store.abort_upload(session_id, session.state)
 
-    def monolithic_upload(self, name: str, digest: str, body: Body) -> CommittedBlob:
-        """POST ...?digest= with the whole blob as the body."""
+    def monolithic_upload(self, name: str, digest: str, body: Body) -> StoredBlob:
+        """POST ...?digest= with the whole blob as the body: a session of one request."""
         parsed = parse_digest(digest)
         self._check_quota_room(name, body.length or 0)
-        upload_id = self.store.new_upload()
+        session_id = self._new_id()
+        self._metadata.create_upload(name, session_id, monolithic=True)
+        session = UploadSession(session_id, name, UploadState(), 0.0, 0.0, monolithic=True)
         try:
-            with self.store.open_upload(upload_id) as writer:
-                writer.append(body.source)
-                blob = writer.verify(parsed)
-                self.metadata.add_blob(name, str(blob.digest), blob.size, install=writer.install,
-                                       quotas=self.quotas_for(name))
-                writer.sync()
-                return blob
-        finally:
-            self.store.remove_upload(upload_id)
+            session.state = self._store.open_upload(session_id)
+            with self._store.upload_lock(session_id):
+                session.state = self._store.append(session_id, session.state, body.source)
+                stored = self._commit(session, parsed)
+        except BaseException:
+            self._metadata.delete_upload(session_id)
+            self._store.abort_upload(session_id, session.state)
+            raise
+        return self._record(name, stored, session_id)
 
-    # -- quotas and maintenance mode ------------------------------------------------------------------------------
+    def _append(self, session: UploadSession, body: Body) -> None:
+        state = self._store.append(session.id, session.state, body.source)
+        if not self._metadata.save_upload(session.id, session.length, state):
+            raise BlobUploadUnknown({"uuid": session.id, "reason": "the session was cancelled or expired meanwhile"})
+        session.state = state
+
+    def _commit(self, session: UploadSession, digest: Digest) -> StoredBlob:
+        try:
+            return self._store.commit(session.id, session.state, digest)
+        except DigestInvalid:
+            # A failed upload leaves nothing: the session and its bytes go.
+            self._metadata.delete_upload(session.id)
+            self._store.abort_upload(session.id, session.state)
+            raise
+
+    def _record(self, name: str, stored: StoredBlob, session_id: str) -> StoredBlob:
+        """Make a committed blob visible. A refusal raised inside the transaction (a quota) rolled it back, so
+        nobody can reach the new key: it goes at once. Any other failure leaves the key to the orphan sweep, which
+        checks the metadata first (a commit whose acknowledgement was lost must not lose its bytes)."""
+        try:
+            redundant = self._metadata.record_blob(name, stored, session_id=session_id,
+                                                   quotas=self.quotas_for(name))
+        except RegistryError:
+            self._store.delete(stored.key)
+            self._metadata.delete_upload(session_id)
+            raise
+        if redundant is not None:
+            self._store.delete(redundant)
+        return stored
+
+    def _session(self, name: str, session_id: str) -> UploadSession:
+        session = self._metadata.upload(name, session_id)
+        if session is None:
+            raise BlobUploadUnknown({"uuid": session_id[:100]})
+        return session
+
+    @staticmethod
+    def _check_range(session: UploadSession, body: Body) -> None:
+        """Chunks must arrive in order: a Content-Range must start where the session ends (416 otherwise)."""
+        if not body.content_range:
+            return
+        match = CONTENT_RANGE_RE.fullmatch(body.content_range.strip())
+        if not match:
+            raise RangeInvalid({"Content-Range": body.content_range[:100]}, message="malformed Content-Range")
+        start, end = int(match.group(1)), int(match.group(2))
+        if start != session.length or end < start:
+            raise RangeInvalid({"Content-Range": body.content_range, "expected_start": session.length},
+                               message="chunk out of order")
+        if body.length is not None and body.length != end - start + 1:
+            raise RangeInvalid({"Content-Range": body.content_range, "Content-Length": body.length},
+                               message="Content-Range does not match Content-Length")
+
+    # -- quotas and read-only mode -------------------------------------------------------------------------------
 
     def quotas_for(self, name: str) -> tuple[Quota, ...]:
         return tuple(q for q in self.quotas if q.applies_to(name))
@@ -153,7 +216,7 @@ class Registry:
     def _check_quota_room(self, name: str, incoming: int) -> None:
         """Refuse a body early when it cannot fit (the commit re-checks exactly, inside its transaction)."""
         for quota in self.quotas_for(name):
-            used = self.metadata.quota_usage(quota)
+            used = self._metadata.quota_usage(quota)
             if used + incoming > quota.limit:
                 raise quota.exceeded(used, incoming)
 
@@ -164,45 +227,13 @@ class Registry:
         checked_at, value = self._read_only_checked
         now = time.monotonic()
         if now - checked_at > 1.0:
-            value = self.metadata.get_state("read_only") == "1"
+            value = self._metadata.get_state("read_only") == "1"
             self._read_only_checked = (now, value)
         return value
 
     def set_read_only(self, enabled: bool) -> None:
-        self.metadata.set_state("read_only", "1" if enabled else None)
+        self._metadata.set_state("read_only", "1" if enabled else None)
         self._read_only_checked = (-1.0, False)
-
-    def delete_repository(self, name: str) -> dict:
-        with self.metadata.maintenance() as m:
-            counts = m.delete_repository(name)
-        if counts is None:
-            raise NameUnknown({"name": name})
-        for upload_id in counts.pop("uploads"):
-            self.store.remove_upload(upload_id)
-        return counts
-
-    def _session(self, name: str, upload_id: str) -> Upload:
-        session = self.metadata.get_upload(name, upload_id)
-        if session is None:
-            raise BlobUploadUnknown({"uuid": upload_id})
-        return session
-
-    @staticmethod
-    def _check_range(session: Upload, body: Body) -> None:
-        """Chunks must arrive in order: a Content-Range must start where the session ends (416 otherwise)."""
-        if not body.content_range:
-            return
-        match = CONTENT_RANGE_RE.fullmatch(body.content_range.strip())
-        if not match:
-            raise BlobUploadInvalid({"Content-Range": body.content_range}, status=416,
-                                    message="malformed Content-Range")
-        start, end = int(match.group(1)), int(match.group(2))
-        if start != session.length or end < start:
-            raise BlobUploadInvalid({"Content-Range": body.content_range, "expected_start": session.length},
-                                    status=416, message="chunk out of order")
-        if body.length is not None and body.length != end - start + 1:
-            raise SizeInvalid({"Content-Range": body.content_range, "Content-Length": body.length},
-                              status=416, message="Content-Range does not match Content-Length")
 
     # -- manifests -----------------------------------------------------------------------------------------------
 
@@ -218,28 +249,39 @@ class Registry:
             digest = Digest.of(data)
             tag = ref
         manifest = parse_manifest(data, content_type, digest)
-        self.metadata.put_manifest(name, manifest, tag)
+        self._metadata.put_manifest(name, manifest, tag)
         return StoredManifest(manifest.digest, manifest.subject)
 
     def manifest(self, name: str, reference: str, *, with_data: bool = True) -> ManifestRecord:
+        """A manifest by tag or digest. Its bytes come from a per-process cache by digest (content never changes
+        under a digest); presence is always checked in the metadata."""
         ref = self._lookup_reference(reference)
         if isinstance(ref, Digest):
-            record = self.metadata.get_manifest(name, digest=str(ref), with_data=with_data)
+            record = self._metadata.manifest(name, digest=str(ref))
         else:
-            record = self.metadata.get_manifest(name, tag=ref, with_data=with_data)
+            record = self._metadata.manifest(name, tag=ref)
         if record is None:
-            if not self.metadata.repository_exists(name):
+            if not self._metadata.repository_exists(name):
                 raise NameUnknown({"name": name})
             raise ManifestUnknown({"reference": reference})
+        if with_data:
+            cached = self._manifest_bytes.get(record.digest)
+            if cached is not None:
+                record.data = cached[0]
+            else:
+                record.data = self._metadata.manifest_data(record.digest)
+                if record.data is None:  # collected between the two reads
+                    raise ManifestUnknown({"reference": reference})
+                self._manifest_bytes.put(record.digest, record.data)
         return record
 
     def delete_manifest(self, name: str, reference: str) -> None:
         """By digest: the manifest and its tags go. By tag: only that tag goes."""
         ref = self._lookup_reference(reference)
-        deleted = (self.metadata.delete_manifest(name, str(ref)) if isinstance(ref, Digest)
-                   else self.metadata.delete_tag(name, ref))
+        deleted = (self._metadata.delete_manifest(name, str(ref)) if isinstance(ref, Digest)
+                   else self._metadata.delete_tag(name, ref))
         if not deleted:
-            if not self.metadata.repository_exists(name):
+            if not self._metadata.repository_exists(name):
                 raise NameUnknown({"name": name})
             raise ManifestUnknown({"reference": reference})
 
@@ -253,35 +295,98 @@ class Registry:
             raise ManifestUnknown({"reference": reference[:300], "reason": "not a valid tag"}) from None
 
     def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[dict]:
-        return self.metadata.referrers(name, str(parse_digest(digest)), artifact_type)
+        return self._metadata.referrers(name, str(parse_digest(digest)), artifact_type)
 
     # -- listings ------------------------------------------------------------------------------------------------
 
     def tags_version(self, name: str) -> int:
-        version = self.metadata.tags_version(name)
+        version = self._metadata.tags_version(name)
         if version is None:
             raise NameUnknown({"name": name})
         return version
 
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
-        page = self.metadata.tags(name, n, last)
+        page = self._metadata.tags(name, n, last)
         if page is None:
             raise NameUnknown({"name": name})
         return page
+
+    def catalog_version(self) -> int:
+        return self._metadata.catalog_version()
 
     def catalog(self, n: int, last: str | None,
                 visible: Callable[[str], bool] | None = None) -> tuple[list[str], bool]:
         """A page of `n` repository names after `last`, and whether more follow. With `visible` (the caller may
         only see some), pages are read until `n` visible names are found or the names run out."""
         if visible is None:
-            return self.metadata.catalog(n, last)
+            return self._metadata.catalog(n, last)
         found: list[str] = []
         batch = min(max(n + 1, 100), 1000)
         while len(found) <= n:
-            names, more = self.metadata.catalog(batch, last)
+            names, more = self._metadata.catalog(batch, last)
             found.extend(name for name in names if visible(name))
             if not more or not names:
                 break
             last = names[-1]
         return found[:n], len(found) > n
 
+    # -- administration ------------------------------------------------------------------------------------------
+
+    def repository_page(self, n: int, last: str | None) -> tuple[list[dict], bool]:
+        return self._metadata.repository_page(n, last)
+
+    def tag_details(self, name: str, n: int, last: str | None) -> tuple[list[dict], bool]:
+        page = self._metadata.tag_details(name, n, last)
+        if page is None:
+            raise NameUnknown({"name": name})
+        return page
+
+    def storage_totals(self) -> dict:
+        return self._metadata.storage_totals()
+
+    def delete_repository(self, name: str) -> dict:
+        deleted = self._metadata.delete_repository(name)
+        if deleted is None:
+            raise NameUnknown({"name": name})
+        counts, sessions = deleted
+        for session in sessions:
+            self._store.abort_upload(session.id, session.state)
+        return counts
+
+    def collect_garbage(self, *, dry_run: bool = False, grace: float | None = None,
+                        delete_untagged: bool = False) -> GcReport:
+        return self._gc.run(dry_run=dry_run, grace=self.config.gc_grace if grace is None else grace,
+                            delete_untagged=delete_untagged)
+
+    def collect_garbage_if_due(self) -> GcReport | None:
+        """For the schedule (`gc_interval`): one collection per interval across every worker and process."""
+        return self._gc.run_if_due(self.config.gc_interval, grace=self.config.gc_grace,
+                                   delete_untagged=self.config.gc_delete_untagged)
+
+    def purge_uploads(self) -> int:
+        """Expired upload sessions and upload data no session records go; how many."""
+        return self._gc.purge_uploads()
+
+    def recover(self) -> dict:
+        """After an unclean stop: finish interrupted deletes, drop upload data no session records."""
+        return self._gc.recover()
+
+    # -- health --------------------------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, str]:
+        """Each dependency: "ok", or "failed: <why>"."""
+        results = {}
+        for name, check in (("database", self._metadata.ping), ("storage", self._store.check)):
+            try:
+                check()
+                results[name] = "ok"
+            except RegistryError as exc:
+                results[name] = f"failed: {exc.message}"
+        return results
+
+    def usage(self) -> StorageUsage:
+        return self._metadata.usage()
+
+    def close(self) -> None:
+        self._metadata.close()
+        self._store.close()

@@ -17,6 +17,8 @@ Why these values (measured with deploy/measure_workers.py; figures in deploy/REA
 - `forwarded_allow_ips` is `trusted_proxies`: gunicorn believes X-Forwarded-Proto from exactly the peers the app
   believes X-Forwarded-Host from, and from nobody when it is empty.
 - `keepalive` 75 s: docker and containerd keep connections open between the requests of a push.
+- `post_worker_init`: each worker starts the app's background jobs (scheduled GC, upload purge) once it is ready;
+  no request ever starts a thread.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         # Before any worker exists: counters start at zero with each start of the server.
         Metrics.reset(directory)
 
+    def post_worker_init(worker) -> None:
+        start = getattr(worker.wsgi, "start_background", None)
+        if start is not None:
+            start()
+
     return {
         "bind": [config.bind],
         "workers": config.worker_count,
@@ -61,4 +68,5 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         # gunicorn >= 24 opens a control socket at one fixed path per user: two registries would clash.
         "control_socket_disable": True,
         "on_starting": on_starting,
+        "post_worker_init": post_worker_init,
     }

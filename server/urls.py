@@ -16,28 +16,13 @@ that builds URLs from it (resources call it through `set_location` and `set_next
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Mapping
 from urllib.parse import urlsplit
 
 import falcon
 
 from .config import Config, ConfigError
-
-
-def parse_trusted(value: str) -> tuple[bool, tuple]:
-    """(trust everyone, networks) from a comma-separated list of addresses, CIDR networks, or `*`."""
-    networks = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
-        if item == "*":
-            return True, ()
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(f"setting 'trusted_proxies': {item!r} is not an IP address or network") from None
-    return False, tuple(networks)
+from .proxies import TrustedProxies
 
 
 def parse_base_url(value: str) -> str:
@@ -57,32 +42,13 @@ def _first(value: str | None) -> str:
 
 
 class ExternalURLs:
-    def __init__(self, base_url: str = "", trusted_proxies: str = ""):
+    def __init__(self, base_url: str = "", trusted: TrustedProxies | None = None):
         self.base_url = parse_base_url(base_url)
-        self.trust_all, self.networks = parse_trusted(trusted_proxies)
-        self._verdicts: dict[str, bool] = {}
+        self.trusted = trusted or TrustedProxies()
 
     @classmethod
     def from_config(cls, config: Config) -> "ExternalURLs":
-        return cls(config.base_url, config.trusted_proxies)
-
-    def trusted(self, peer: str | None) -> bool:
-        """Whether forwarded headers from this peer address are believed."""
-        if self.trust_all:
-            return True
-        if not peer or not self.networks:
-            return False
-        verdict = self._verdicts.get(peer)
-        if verdict is None:
-            try:
-                address = ipaddress.ip_address(peer.split("%", 1)[0])
-            except ValueError:
-                verdict = False
-            else:
-                verdict = any(address in network for network in self.networks)
-            if len(self._verdicts) < 4096:  # a cache of peers, bounded: addresses are client-chosen
-                self._verdicts[peer] = verdict
-        return verdict
+        return cls(config.base_url, config.proxies)
 
     def base(self, environ: Mapping) -> str:
         """`scheme://host[:port]` as the client sees this registry, for one request's WSGI environ."""
@@ -90,7 +56,7 @@ class ExternalURLs:
             return self.base_url
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("HTTP_HOST") or ""
-        if self.trusted(environ.get("REMOTE_ADDR")):
+        if self.trusted.trusts(environ.get("REMOTE_ADDR")):
             forwarded_scheme = _first(environ.get("HTTP_X_FORWARDED_PROTO")).lower()
             if forwarded_scheme in ("http", "https"):
                 scheme = forwarded_scheme
@@ -112,5 +78,5 @@ class ExternalURLs:
 def absolute_url(holder: falcon.Request | falcon.Response, path: str) -> str:
     """`path` (starting with `/`) as an absolute URL that reaches this registry from the client's side.
 
-    `holder` is the request or the response of a request `ExternalURLs` has seen (it is first in the chain)."""
+    `holder` is the request or the response of a request `ExternalURLs` has seen (see `pipeline`)."""
     return holder.context.external_base + path

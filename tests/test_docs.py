@@ -45,6 +45,14 @@ def test_every_command_is_documented():
         assert f"dockyard {command}" in README
 
 
+def test_every_error_code_is_documented_with_its_status():
+    from dockyard.server.errors import ERROR_TABLE
+    table = README[README.index("### Errors"):README.index("## Commands")]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\d{3}) \| (.*) \|$", table, re.M)}
+    for code, (status, _) in ERROR_TABLE.items():
+        assert f"`{code}`" in rows.get(str(status), ""), f"{code} ({status}) missing from the README's error table"
+
+
 def test_ci_runs_the_readme_test_command():
     assert "bash tests/run.sh" in README
     assert "bash tests/run.sh" in (ROOT / ".ci" / "run").read_text()

@@ -1,6 +1,7 @@
-"""Dockyard's admin API under `/v2/_dockyard/`: repositories with their storage use, tag details, repository
-delete, garbage collection, storage totals and maintenance mode. JSON like the rest of the API; errors in the
-spec's shape. Repository names can never start with `_`, so the prefix cannot collide with a repository.
+"""Dockyard's admin API under `routes.ADMIN_PREFIX`: repositories with their storage use, tag details, repository
+delete, garbage collection, storage totals and read-only mode. JSON like the rest of the API; errors in the spec's
+shape. Repository names can never start with `_`, so the prefix cannot collide with a repository. Like every
+resource, these only parse, call the `Registry`, and shape the answer.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import json
 
 import falcon
 
-from ..errors import NameUnknown, Unsupported
+from ..errors import BadRequest
+from ..routes import ADMIN_REPOSITORIES
 from .base import Resource, pagination, set_next_link
-
-PREFIX = "/v2/_dockyard"
 
 
 def _json_body(req: falcon.Request) -> dict:
@@ -22,9 +22,9 @@ def _json_body(req: falcon.Request) -> dict:
     try:
         body = json.loads(req.bounded_stream.read(64 * 1024) or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Unsupported({"reason": "the body must be a JSON object"}, status=400) from None
+        raise BadRequest({"reason": "the body must be a JSON object"}) from None
     if not isinstance(body, dict):
-        raise Unsupported({"reason": "the body must be a JSON object"}, status=400)
+        raise BadRequest({"reason": "the body must be a JSON object"})
     return body
 
 
@@ -39,7 +39,7 @@ def _option(body: dict, req: falcon.Request, key: str, kind: type, default):
         return int(value)
     if isinstance(value, kind) and not (kind is int and (isinstance(value, bool) or value < 0)):
         return value
-    raise Unsupported({key: value, "expected": kind.__name__}, status=400, message=f"invalid {key}")
+    raise BadRequest({key: value, "expected": kind.__name__}, message=f"invalid {key}")
 
 
 def _rfc3339(timestamp: float) -> str:
@@ -52,9 +52,9 @@ class RepositoriesResource(Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         maximum = self.registry.config.page_size_max
         n, last = pagination(req, default=100, maximum=min(maximum, 1000))
-        page, more = self.registry.metadata.repository_page(n, last)
+        page, more = self.registry.repository_page(n, last)
         if more and page:
-            set_next_link(resp, f"{PREFIX}/repositories", n, page[-1]["name"])
+            set_next_link(resp, ADMIN_REPOSITORIES, n, page[-1]["name"])
         resp.media = {"repositories": page}
 
 
@@ -71,14 +71,11 @@ class RepositoryTagsResource(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         n, last = pagination(req, default=1000, maximum=self.registry.config.page_size_max)
-        page = self.registry.metadata.tag_details(name, n, last)
-        if page is None:
-            raise NameUnknown({"name": name})
-        tags, more = page
+        tags, more = self.registry.tag_details(name, n, last)
         for tag in tags:
             tag["updated_at"] = _rfc3339(tag["updated_at"])
         if more and tags:
-            set_next_link(resp, f"{PREFIX}/repositories/{name}/tags", n, tags[-1]["tag"])
+            set_next_link(resp, f"{ADMIN_REPOSITORIES}/{name}/tags", n, tags[-1]["tag"])
         resp.media = {"name": name, "tags": tags}
 
 
@@ -87,9 +84,9 @@ class GcResource(Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _json_body(req)
-        report = self.registry.gc.run(
+        report = self.registry.collect_garbage(
             dry_run=_option(body, req, "dry_run", bool, False),
-            grace=_option(body, req, "grace_seconds", int, self.registry.config.gc_grace),
+            grace=_option(body, req, "grace_seconds", int, None),
             delete_untagged=_option(body, req, "delete_untagged", bool, False))
         resp.media = report.to_dict()
 
@@ -98,7 +95,7 @@ class StorageResource(Resource):
     """GET: registry totals and per-repository bytes unique to it and shared with others."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.registry.metadata.storage_totals()
+        resp.media = self.registry.storage_totals()
 
 
 class ReadOnlyResource(Resource):

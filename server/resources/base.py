@@ -7,13 +7,11 @@ from urllib.parse import urlencode
 import falcon
 
 from ..bodies import body_source
-from ..errors import TagInvalid, Unsupported
+from ..errors import PaginationNumberInvalid, TagInvalid
 from ..names import TAG_RE
 from ..observability import counted
 from ..registry import Body, Registry
 from ..urls import absolute_url
-
-API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
 
 def request_body(req: falcon.Request) -> Body:
@@ -31,7 +29,7 @@ def pagination(req: falcon.Request, *, default: int | None, maximum: int) -> tup
         n = default
     else:
         if not raw.isdigit():
-            raise Unsupported({"n": raw}, status=400, message="n must be a non-negative integer")
+            raise PaginationNumberInvalid({"n": raw[:100]}, message="n must be a non-negative integer")
         n = min(int(raw), maximum)
     return n, req.get_param("last") or None
 

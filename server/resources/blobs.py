@@ -1,9 +1,9 @@
 """`/v2/<name>/blobs/<digest>`: fetch (with Range), check and delete blobs.
 
-With `accel_redirect` set (Dockyard behind nginx), a GET is answered with `X-Accel-Redirect: <prefix>/<algorithm>/
-<2 hex>/<hex>`, the blob's path under the store's `blobs/` directory (see the storage layout), and no body: nginx
-serves the file from its `internal` location aliased to that directory, Range requests included, so no blob byte
-passes through Python. Access is checked here first, as for every GET.
+When the blob store is set up for it (`accel_redirect` with nginx in front), a GET is answered with the store's
+redirect and no body: `X-Accel-Redirect` to an internal nginx location that serves the bytes itself, Range requests
+included, so no blob byte passes through Python; or a 307 to a URL the client fetches. Access is checked here
+first, as for every GET.
 """
 
 from __future__ import annotations
@@ -12,30 +12,11 @@ import re
 
 import falcon
 
-from ..errors import SizeInvalid
+from ..errors import RangeInvalid
+from ..model import BlobRecord
 from .base import Resource
 
 RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class RangeReader:
-    """A file limited to `length` bytes from its current position, for 206 responses."""
-
-    def __init__(self, fh, length: int):
-        self._fh = fh
-        self._remaining = length
-
-    def read(self, size: int = -1) -> bytes:
-        if self._remaining <= 0:
-            return b""
-        if size < 0 or size > self._remaining:
-            size = self._remaining
-        data = self._fh.read(size)
-        self._remaining -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -59,50 +40,51 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _unsatisfiable(header: str, size: int) -> SizeInvalid:
-    return SizeInvalid({"Range": header, "size": size}, status=416, message="requested range not satisfiable",
-                       headers={"Content-Range": f"bytes */{size}"})
+def _unsatisfiable(header: str, size: int) -> RangeInvalid:
+    return RangeInvalid({"Range": header[:100], "size": size}, message="requested range not satisfiable",
+                        headers={"Content-Range": f"bytes */{size}"})
+
+
+def blob_headers(resp: falcon.Response, blob: BlobRecord) -> None:
+    resp.content_type = "application/octet-stream"
+    resp.set_header("Docker-Content-Digest", blob.digest)
+    resp.etag = f'"{blob.digest}"'
+
 
 
 class BlobResource(Resource):
     def on_head(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        parsed, size = self.registry.blob(name, digest)
-        resp.content_type = "application/octet-stream"
-        resp.content_length = size
-        resp.set_header("Docker-Content-Digest", str(parsed))
+        blob = self.registry.blob(name, digest)
+        blob_headers(resp, blob)
+        resp.content_length = blob.size
         resp.set_header("Accept-Ranges", "bytes")
-        resp.etag = f'"{parsed}"'
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        parsed, size = self.registry.blob(name, digest)
-        accel = self.registry.config.accel_redirect
-        if accel:
-            store = self.registry.store
-            target = store.blob_path(parsed).relative_to(store.root / "blobs").as_posix()
-            resp.set_header("X-Accel-Redirect", f"{accel.rstrip('/')}/{target}")
+        blob = self.registry.blob(name, digest)
+        blob_headers(resp, blob)
+        resp.cache_control = ["max-age=31536000"]
+        redirect = self.registry.blob_redirect(blob)
+        if redirect is not None and redirect.kind == "accel":
             # nginx keeps only some upstream headers on an internal redirect; its location re-adds these from
             # $upstream_http_docker_content_digest and $upstream_http_etag (deploy/nginx/dockyard.conf).
-            resp.content_type = "application/octet-stream"
-            resp.set_header("Docker-Content-Digest", str(parsed))
-            resp.etag = f'"{parsed}"'
-            resp.cache_control = ["max-age=31536000"]
+            resp.set_header("X-Accel-Redirect", redirect.location)
             resp.content_length = 0
             return
-        byte_range = parse_range(req.get_header("Range"), size) if req.get_header("Range") else None
-        fh = self.registry.open_blob(parsed)
-        resp.content_type = "application/octet-stream"
-        resp.set_header("Docker-Content-Digest", str(parsed))
+        if redirect is not None:
+            resp.status = falcon.HTTP_307
+            resp.location = redirect.location
+            resp.content_length = 0
+            return
         resp.set_header("Accept-Ranges", "bytes")
-        resp.etag = f'"{parsed}"'
-        resp.cache_control = ["max-age=31536000"]
+        header = req.get_header("Range")
+        byte_range = parse_range(header, blob.size) if header else None
         if byte_range is None:
-            resp.set_stream(fh, size)
+            resp.set_stream(self.registry.read_blob(blob), blob.size)
             return
         start, end = byte_range
-        fh.seek(start)
         resp.status = falcon.HTTP_206
-        resp.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        resp.set_stream(RangeReader(fh, end - start + 1), end - start + 1)
+        resp.set_header("Content-Range", f"bytes {start}-{end}/{blob.size}")
+        resp.set_stream(self.registry.read_blob(blob, start, end - start + 1), end - start + 1)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
         self.registry.delete_blob(name, digest)

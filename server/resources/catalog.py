@@ -10,13 +10,14 @@ import json
 
 import falcon
 
-from ..cache import ResponseCache
+from ..cache import BoundedCache
 from ..registry import Registry
+from ..routes import CATALOG
 from .base import Resource, pagination, set_next_link
 
 
 class CatalogResource(Resource):
-    def __init__(self, registry: Registry, cache: ResponseCache):
+    def __init__(self, registry: Registry, cache: BoundedCache):
         super().__init__(registry)
         self.cache = cache
 
@@ -25,7 +26,7 @@ class CatalogResource(Resource):
         n, last = pagination(req, default=maximum, maximum=maximum)
         # An access-control middleware may restrict what this caller sees (req.context.visible_repository).
         visible = req.context.get("visible_repository")
-        key = ("catalog", n, last, self.registry.metadata.catalog_version()) if visible is None else None
+        key = ("catalog", n, last, self.registry.catalog_version()) if visible is None else None
         cached = self.cache.get(key) if key else None
         if cached is None:
             names, more = self.registry.catalog(n, last, visible)
@@ -34,6 +35,6 @@ class CatalogResource(Resource):
                 self.cache.put(key, *cached)
         body, next_last = cached
         if next_last is not None:
-            set_next_link(resp, "/v2/_catalog", n, next_last)
+            set_next_link(resp, CATALOG, n, next_last)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = body

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon
 
-from ..errors import ManifestUnknown, SizeInvalid
-from ..metadata import ManifestRecord
+from ..errors import ManifestUnknown, SizeInvalid, TooLarge
+from ..model import ManifestRecord
 from .base import Resource, set_location
 
 
@@ -50,11 +50,10 @@ class ManifestResource(Resource):
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
         limit = self.registry.config.max_manifest_size
         if req.content_length is not None and req.content_length > limit:
-            raise SizeInvalid({"limit": limit, "size": req.content_length}, status=413,
-                              message=f"manifest larger than {limit} bytes")
+            raise TooLarge({"limit": limit, "size": req.content_length}, message=f"manifest larger than {limit} bytes")
         data = req.bounded_stream.read(limit + 1) if req.content_length is not None else req.stream.read(limit + 1)
         if len(data) > limit:
-            raise SizeInvalid({"limit": limit}, status=413, message=f"manifest larger than {limit} bytes")
+            raise TooLarge({"limit": limit}, message=f"manifest larger than {limit} bytes")
         if req.content_length is not None and len(data) != req.content_length:
             raise SizeInvalid({"expected": req.content_length, "received": len(data)})
         stored = self.registry.put_manifest(name, reference, data, req.content_type)

@@ -10,13 +10,13 @@ import json
 
 import falcon
 
-from ..cache import ResponseCache
+from ..cache import BoundedCache
 from ..registry import Registry
 from .base import Resource, pagination, set_next_link, validate_last_tag
 
 
 class TagsResource(Resource):
-    def __init__(self, registry: Registry, cache: ResponseCache):
+    def __init__(self, registry: Registry, cache: BoundedCache):
         super().__init__(registry)
         self.cache = cache
 

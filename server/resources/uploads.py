@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import falcon
 
-from ..metadata import Upload
-from ..storage import CommittedBlob
+from ..model import StoredBlob, UploadSession
 from ..observability import note_blob_upload
 from .base import Resource, request_body, set_location
 
 
-def session_headers(resp: falcon.Response, name: str, session: Upload) -> None:
+def session_headers(resp: falcon.Response, name: str, session: UploadSession) -> None:
     set_location(resp, f"/v2/{name}/blobs/uploads/{session.id}")
     resp.set_header("Docker-Upload-UUID", session.id)
     # Range is inclusive; an empty session reports 0-0, as the reference registry and its clients expect.
@@ -33,13 +32,13 @@ class UploadsResource(Resource):
         if mount and source:
             mounted = self.registry.mount(name, source, mount)
             if mounted is not None:
-                created_headers(resp, name, str(mounted[0]))
+                created_headers(resp, name, mounted.digest)
                 return
         digest = req.get_param("digest")
         if digest is not None:
-            blob: CommittedBlob = self.registry.monolithic_upload(name, digest, request_body(req))
+            blob: StoredBlob = self.registry.monolithic_upload(name, digest, request_body(req))
             note_blob_upload(req, blob.size)
-            created_headers(resp, name, str(blob.digest))
+            created_headers(resp, name, blob.digest)
             return
         resp.status = falcon.HTTP_202
         session_headers(resp, name, self.registry.start_upload(name))
@@ -60,7 +59,7 @@ class UploadResource(Resource):
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         blob = self.registry.finish_upload(name, upload_id, req.get_param("digest"), request_body(req))
         note_blob_upload(req, blob.size)
-        created_headers(resp, name, str(blob.digest))
+        created_headers(resp, name, blob.digest)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         self.registry.cancel_upload(name, upload_id)

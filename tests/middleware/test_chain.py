@@ -83,9 +83,9 @@ def test_chain_order_and_factory_interface(tmp_path):
     app = create_app(config)
     webtest.TestApp(app).get("/v2/")
     assert Recorder.seen == ["a", "b"]
-    chain = build_chain(config.middleware, MiddlewareContext(config, app.registry))
-    assert chain[0].context.data_path == tmp_path / "data"
-    assert chain[0].context.registry is app.registry
+    (entry, component), _ = build_chain(config.middleware, MiddlewareContext(config))
+    assert entry["options"] == {"tag": "a"} and component.context.data_path == tmp_path / "data"
+    assert not hasattr(component.context, "registry")  # middleware see requests and identities, not the state
     with pytest.raises(ConfigError, match=r"middleware '.*Recorder': option 'tag': expected a string"):
         build_chain(({"name": f"{__name__}.Recorder", "options": {"tag": 3}},), MiddlewareContext(config))
     with pytest.raises(ConfigError, match=r"option 'extra': unknown option"):

@@ -18,7 +18,7 @@ def test_version_header_is_on_errors_too(client, path):
 
 def test_unknown_route_is_404_with_error_body(client):
     resp = client.get("/v3/whatever", status=404)
-    assert resp.json["errors"][0]["code"] == "UNSUPPORTED"
+    assert resp.json["errors"][0]["code"] == "NOT_FOUND"
 
 
 def test_unsupported_method_is_405_with_allow(client):

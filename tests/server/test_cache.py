@@ -3,7 +3,7 @@
 import webtest
 
 from dockyard.server.app import create_app
-from dockyard.server.cache import ResponseCache
+from dockyard.server.cache import ENTRY_OVERHEAD, BoundedCache
 from helpers import digest_of, image_manifest, put_manifest
 
 
@@ -38,12 +38,12 @@ def test_catalog_sees_changes_made_by_another_worker(config, client):
     assert client.get("/v2/_catalog").json["repositories"] == ["two"]
 
 
-def test_response_cache_is_bounded_and_lru():
-    cache = ResponseCache(max_bytes=10, max_entry=6)
+def test_bounded_cache_is_bounded_and_lru():
+    cache = BoundedCache(max_bytes=3 * ENTRY_OVERHEAD, max_entry=6)
     cache.put("a", b"aaaa")
     cache.put("b", b"bbbb")
     assert cache.get("a") == (b"aaaa", None)  # a is now the most recently used
-    cache.put("c", b"cccc")  # over 10 bytes: b, the least recently used, goes
+    cache.put("c", b"cccc")  # three entries and their overhead exceed the bound: b, the least recently used, goes
     assert cache.get("b") is None and cache.get("a") and cache.get("c")
     cache.put("big", b"x" * 7)  # larger than one entry may be: not kept
     assert cache.get("big") is None

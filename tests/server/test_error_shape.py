@@ -19,9 +19,9 @@ REQUESTS = [
     ("put", "/v2/repo/manifests/latest", 400, "MANIFEST_INVALID"),
     ("put", "/v2/repo/manifests/.bad", 400, "TAG_INVALID"),
     ("get", "/v2/repo/referrers/sha256:nope", 400, "DIGEST_INVALID"),
-    ("get", "/v2/repo/tags/list?n=x", 400, "UNSUPPORTED"),
+    ("get", "/v2/repo/tags/list?n=x", 400, "PAGINATION_NUMBER_INVALID"),
     ("delete", "/v2/", 405, "UNSUPPORTED"),
-    ("get", "/elsewhere", 404, "UNSUPPORTED"),
+    ("get", "/elsewhere", 404, "NOT_FOUND"),
 ]
 
 

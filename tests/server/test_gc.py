@@ -1,6 +1,7 @@
 """Garbage collection over the reference graph, repository delete, upload purging, accounting, quotas and
 read-only mode (issue 4). Three regression tests name the Distribution issues whose data loss they guard against."""
 
+import io
 import json
 import os
 
@@ -8,12 +9,17 @@ import pytest
 import webtest
 
 from dockyard.server.app import create_app
+from dockyard.server.bodies import StreamSource
 from dockyard.server.config import Config
+from dockyard.server.metadata.sqlite import SqliteMetadata
+from dockyard.server.names import parse_digest
+from dockyard.server.storage.filesystem import FilesystemStore
 from helpers import OCI_INDEX, OCI_MANIFEST, digest_of, image_manifest, push_blob, put_manifest
 
 
 def blob_files(config):
-    return sorted(p.name for p in (config.data_path / "blobs").rglob("*") if p.is_file())
+    """The hex digests of the blob files on disk (a file is named <hex>.<upload session id>)."""
+    return sorted(p.name.split(".")[0] for p in (config.data_path / "blobs").rglob("*") if p.is_file())
 
 
 def gc(client, **options):
@@ -163,13 +169,13 @@ def test_repository_delete(client):
     assert gc(client)["blobs_removed"] == 3
 
 
-def test_idle_upload_sessions_are_purged(app, client, config):
+def test_idle_upload_sessions_are_purged(config):
+    now = [1_700_000_000.0]
+    client = webtest.TestApp(create_app(config, clock=lambda: now[0]))
     location = client.post("/v2/repo/blobs/uploads/", status=202).headers["Location"]
     client.patch(location, b"partial", status=202)
+    now[0] += 10 * 86400  # ten days later, a session starts; the first has been idle since
     fresh = client.post("/v2/repo/blobs/uploads/", status=202).headers["Location"]
-    upload_id = location.rsplit("/", 1)[1]
-    app.registry.metadata.db.execute("UPDATE uploads SET updated_at = updated_at - 10 * 86400 WHERE id = ?",
-                                     [upload_id])
     assert gc(client)["uploads_purged"] == 1
     client.get(location, status=404)
     client.get(fresh, status=204)
@@ -250,7 +256,8 @@ def test_read_only_mode(client):
     for method, path in [("post", "/v2/repo/blobs/uploads/"), ("put", "/v2/repo/manifests/v2"),
                          ("delete", "/v2/repo/manifests/v1")]:
         resp = getattr(client, method)(path, status=503)
-        assert resp.json["errors"][0]["code"] == "UNSUPPORTED" and "read-only" in resp.json["errors"][0]["message"]
+        assert resp.json["errors"][0]["code"] == "UNAVAILABLE" and "read-only" in resp.json["errors"][0]["message"]
+        assert resp.headers["Retry-After"] == "60"
     client.get("/v2/repo/manifests/v1", status=200)
     client.get("/v2/_catalog", status=200)
     assert client.put_json("/v2/_dockyard/read-only", {"read_only": False}).json == {"read_only": False}
@@ -263,22 +270,42 @@ def test_read_only_from_config(tmp_path):
     client.get("/v2/_catalog", status=200)
 
 
-def test_crash_leftovers_are_reconciled_on_start(config, client):
-    """A trashed file whose row survived (crash before the GC committed) comes back; a file with no row (crash
-    between a blob's rename and its commit) goes."""
-    kept = push_blob(client, "repo", b"kept blob")
-    app = client.app
-    app.registry.store.trash(__import__("dockyard.server.names", fromlist=["parse_digest"]).parse_digest(kept))
-    orphan = config.data_path / "blobs" / "sha256" / "ab" / ("ab" + "0" * 62)
-    orphan.parent.mkdir(parents=True, exist_ok=True)
-    orphan.write_bytes(b"nobody knows me")
+def test_crash_leftovers_are_reconciled(config):
+    """Each state a crash can leave (the protocol in dockyard.server.storage) is finished or cleaned up: a pending
+    delete whose bytes are still stored is carried out at the next start; upload data no session records goes at the
+    next start; a stored object no blob row names (a crash between the store's commit and the metadata's) goes at
+    the next collection; a live blob is untouched by all of it."""
+    store, metadata = FilesystemStore(config.data_path), SqliteMetadata(config.data_path / "registry.db")
+    client = webtest.TestApp(create_app(config, store=store, metadata=metadata))
+    put_manifest(client, "repo", "v1", image_manifest(client, "repo", layers=[b"kept layer"]))
+    doomed = push_blob(client, "repo", b"doomed blob")
+    client.delete(f"/v2/repo/blobs/{doomed}", status=202)
+    with metadata.lifecycle() as step:  # a collection that died right after its transaction committed
+        (forgotten,) = step.sweep_blobs(limit=10)
+    assert forgotten.digest == doomed and store.stat(forgotten.key) == len(b"doomed blob")
+    stray_upload = config.data_path / "uploads" / "0123abcd-0000-4000-8000-000000000000"
+    stray_upload.write_bytes(b"a worker died before recording this session")
+    orphan = store.commit("feedface-0000-4000-8000-000000000000", *_uploaded(store, b"nobody knows me"))
+
     restarted = webtest.TestApp(create_app(config))
-    assert restarted.get(f"/v2/repo/blobs/{kept}").body == b"kept blob"
-    assert not orphan.exists()
-    assert not os.listdir(config.data_path / "trash")
+    assert store.stat(forgotten.key) is None and metadata.pending_deletes() == []
+    assert not stray_upload.exists()
+    assert store.stat(orphan.key) == len(b"nobody knows me")  # start-up does not list every blob
+    report = gc(restarted)
+    assert report["orphan_files_removed"] == 1 and store.stat(orphan.key) is None
+    assert pull_all(restarted, "repo", "v1") == {digest_of(b"kept layer"), digest_of(b'{"os":"linux"}')}
+
+
+def _uploaded(store, data):
+    """(state, digest) of a store-level session holding `data`, as a crashed commit would leave it."""
+    session_id = "feedface-0000-4000-8000-000000000000"
+    state = store.open_upload(session_id)
+    with store.upload_lock(session_id):
+        state = store.append(session_id, state, StreamSource(io.BytesIO(data), len(data)))
+    return state, parse_digest(digest_of(data))
 
 
 @pytest.mark.parametrize("body", [b"[1]", b"not json", b'{"dry_run": "maybe"}', b'{"grace_seconds": -1}'])
 def test_gc_rejects_bad_options(client, body):
     resp = client.post("/v2/_dockyard/gc", body, headers={"Content-Type": "application/json"}, status=400)
-    assert resp.json["errors"][0]["code"] == "UNSUPPORTED"
+    assert resp.json["errors"][0]["code"] == "BAD_REQUEST"

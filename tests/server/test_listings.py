@@ -52,7 +52,7 @@ def test_tags_last_page_has_no_link(client, tagged):
 @pytest.mark.parametrize("query", ["n=-1", "n=abc", "n=1.5"])
 def test_tags_bad_n(client, tagged, query):
     resp = client.get(f"/v2/repo/tags/list?{query}", status=400)
-    assert resp.json["errors"][0]["code"] == "UNSUPPORTED"
+    assert resp.json["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
 
 
 def test_tags_bad_last(client, tagged):

@@ -152,7 +152,7 @@ def test_content_type_parameters_are_ignored(client):
 def test_manifest_size_cap(client, config):
     big = b'{"schemaVersion": 2, "pad": "' + b"x" * config.max_manifest_size + b'"}'
     resp = put_manifest(client, "repo", "big", big, status=413)
-    assert resp.json["errors"][0]["code"] == "SIZE_INVALID"
+    assert resp.json["errors"][0]["code"] == "TOO_LARGE"
 
 
 def test_accept_negotiation_reads_every_line(client):

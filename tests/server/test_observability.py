@@ -194,7 +194,8 @@ def test_blob_get_hands_the_file_to_nginx(accel_client, tmp_path):
     for headers in ({}, {"Range": "bytes=10-19"}):
         resp = accel_client.get(f"/v2/repo/blobs/{digest}", headers=headers, status=200)
         hexpart = digest.split(":")[1]
-        assert resp.headers["X-Accel-Redirect"] == f"/_dockyard_blobs/sha256/{hexpart[:2]}/{hexpart}"
+        # The blob's storage key: its digest's path, suffixed with the upload session that stored it.
+        assert resp.headers["X-Accel-Redirect"].startswith(f"/_dockyard_blobs/sha256/{hexpart[:2]}/{hexpart}.")
         assert resp.body == b"" and resp.headers["Docker-Content-Digest"] == digest
         assert resp.headers["Content-Type"] == "application/octet-stream"
     # The redirect names the very file nginx's alias (<data>/blobs/) will serve.

@@ -73,7 +73,7 @@ def test_streamed_patches_without_content_range(client):
 def test_out_of_order_chunk_is_416_and_session_survives(client):
     location = start(client).headers["Location"]
     resp = client.patch(location, BLOB[1000:2000], headers={"Content-Range": "1000-1999"}, status=416)
-    assert resp.json["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert resp.json["errors"][0]["code"] == "RANGE_INVALID"
     client.patch(location, BLOB[:1000], headers={"Content-Range": "0-999"}, status=202)
     # a retry of the chunk just sent is out of order too, and changes nothing
     client.patch(location, BLOB[:1000], headers={"Content-Range": "0-999"}, status=416)

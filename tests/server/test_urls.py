@@ -5,6 +5,7 @@ import webtest
 
 from dockyard.server.app import create_app
 from dockyard.server.config import Config, ConfigError
+from dockyard.server.proxies import TrustedProxies
 from dockyard.server.urls import ExternalURLs
 
 from helpers import push_blob
@@ -103,7 +104,7 @@ def test_missing_or_malformed_host_falls_back_to_the_server_address():
 
 
 def test_a_chain_of_proxies_uses_the_client_most_values():
-    urls = ExternalURLs(trusted_proxies="127.0.0.1")
+    urls = ExternalURLs(trusted=TrustedProxies.parse("127.0.0.1"))
     env = {"REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "inner:5000", "wsgi.url_scheme": "http",
            "HTTP_X_FORWARDED_PROTO": "https, http", "HTTP_X_FORWARDED_HOST": "outer.example, inner"}
     assert urls.base(env) == "https://outer.example"

@@ -1,4 +1,4 @@
-"""The SQL of storage lifecycle: garbage collection over the reference graph, repository delete, accounting.
+"""The longer SQL of the SQLite driver: garbage collection over the reference graph, and accounting.
 
 The graph lives in four tables: tags (roots), manifest_references (index -> child manifest, manifest -> blob),
 manifests.subject (referrer -> subject) and repository_blobs (repository -> blob links). Every step runs inside a
@@ -7,9 +7,6 @@ either sees all its blobs or fails with MANIFEST_BLOB_UNKNOWN: a stored manifest
 """
 
 from __future__ import annotations
-
-import sqlite3
-from typing import Callable
 
 # Manifests of one repository that nothing keeps alive: not tagged, not a child of a live index, not a
 # referrer of a live manifest (signatures and SBOMs live as long as their subject), and older than the cutoff
@@ -38,7 +35,7 @@ SELECT l.repository_id, l.digest FROM repository_blobs l
 
 # Blobs no repository links and no manifest anywhere references.
 GARBAGE_BLOBS = """
-SELECT b.digest, b.size FROM blobs b
+SELECT b.digest, b.size, b.key FROM blobs b
  WHERE NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = b.digest)
    AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.child = b.digest AND r.kind = 'blob')
  LIMIT :limit
@@ -48,76 +45,6 @@ ORPHAN_MANIFEST_CONTENT = """
 SELECT c.digest, length(c.data) FROM manifest_content c
  WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = c.digest)
 """
-
-
-class Maintenance:
-    """Lifecycle steps on one open write transaction (see `Metadata.maintenance`)."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def repository_ids(self) -> list[tuple[int, str]]:
-        return self.conn.execute("SELECT id, name FROM repositories ORDER BY name").fetchall()
-
-    def sweep_manifests(self, repository_id: int, cutoff: float) -> list[tuple[str, int]]:
-        dead = self.conn.execute(DEAD_MANIFESTS, {"repository": repository_id, "cutoff": cutoff}).fetchall()
-        for digest, _ in dead:
-            self._delete_manifest(repository_id, digest)
-        return dead
-
-    def _delete_manifest(self, repository_id: int, digest: str) -> None:
-        self.conn.execute("DELETE FROM manifests WHERE repository_id = ? AND digest = ?", (repository_id, digest))
-        self.conn.execute("DELETE FROM tags WHERE repository_id = ? AND digest = ?", (repository_id, digest))
-        self.conn.execute("DELETE FROM manifest_references WHERE repository_id = ? AND digest = ?",
-                          (repository_id, digest))
-
-    def sweep_links(self, cutoff: float) -> int:
-        stale = self.conn.execute(STALE_LINKS, {"cutoff": cutoff}).fetchall()
-        self.conn.executemany("DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?", stale)
-        return len(stale)
-
-    def sweep_blobs(self, remove: Callable[[str], None], limit: int) -> list[tuple[str, int]]:
-        """Forget up to `limit` garbage blobs; `remove(digest)` moves each file away inside this transaction."""
-        garbage = self.conn.execute(GARBAGE_BLOBS, {"limit": limit}).fetchall()
-        for digest, _ in garbage:
-            remove(digest)
-            self.conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-        return garbage
-
-    def sweep_manifest_content(self) -> list[tuple[str, int]]:
-        orphans = self.conn.execute(ORPHAN_MANIFEST_CONTENT).fetchall()
-        self.conn.executemany("DELETE FROM manifest_content WHERE digest = ?", [(d,) for d, _ in orphans])
-        return orphans
-
-    def expired_uploads(self, cutoff: float) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT id FROM uploads WHERE updated_at < ?", (cutoff,))]
-
-    def delete_upload(self, upload_id: str) -> None:
-        self.conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-
-    def blob_known(self, digest: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone() is not None
-
-    def delete_repository(self, name: str) -> dict | None:
-        """Everything of one repository goes; shared content stays for the repositories that still link it."""
-        row = self.conn.execute("SELECT id FROM repositories WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            return None
-        repository_id = row[0]
-        counts = {
-            "repository": name,
-            "manifests": self.conn.execute("SELECT COUNT(*) FROM manifests WHERE repository_id = ?",
-                                           (repository_id,)).fetchone()[0],
-            "tags": self.conn.execute("SELECT COUNT(*) FROM tags WHERE repository_id = ?",
-                                      (repository_id,)).fetchone()[0],
-        }
-        uploads = [r[0] for r in self.conn.execute("SELECT id FROM uploads WHERE repository_id = ?",
-                                                   (repository_id,))]
-        for table in ("tags", "manifest_references", "manifests", "repository_blobs", "uploads"):
-            self.conn.execute(f"DELETE FROM {table} WHERE repository_id = ?", (repository_id,))
-        self.conn.execute("DELETE FROM repositories WHERE id = ?", (repository_id,))
-        counts["uploads"] = uploads
-        return counts
 
 
 # -- accounting (read-only) --------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Never edit an applied migration: add the next number. Tables:
 - uploads             open upload sessions and the length of their committed bytes
 - state               cluster-wide switches shared by all workers (0002)
 - counters            change counters that let workers cache listings (0003; repositories.tags_version too)
+- pending_deletes     storage keys of forgotten blobs whose bytes are still to be deleted (0004)
+- events              the outbox: events written in the transaction of the change they describe (0004)
 """
 
 from __future__ import annotations
@@ -149,4 +151,38 @@ def _listing_versions(db: Database) -> None:
         CREATE TRIGGER catalog_repository_removed AFTER DELETE ON repositories BEGIN
             UPDATE counters SET value = value + 1 WHERE name = 'catalog';
         END
+    """)
+
+
+@migrations(name="0004_storage_keys")
+def _storage_keys(db: Database) -> None:
+    """The blob store and the metadata meet through storage keys, not paths derived from digests.
+
+    - blobs.key: where the blob's bytes are in the store. Blobs stored before this keep the path they had
+      (`<algorithm>/<2 hex>/<hex>`); new commits get a key of their own that is never reused.
+    - uploads.state: the session's saved running hash and the store's own data (JSON), so any worker or host can
+      continue it; uploads.length stays the recorded length. uploads.monolithic: a session of one request (a POST
+      with the whole blob), which nobody can continue once that request is gone.
+    - pending_deletes: keys of forgotten blobs, written in the transaction that forgets them and removed once the
+      store has deleted the bytes (see the protocol in `dockyard.server.storage`).
+    - events: the outbox.
+    """
+    _run(db, """
+        ALTER TABLE blobs ADD COLUMN key TEXT NOT NULL DEFAULT '';
+        UPDATE blobs SET key = substr(digest, 1, instr(digest, ':') - 1) || '/'
+                            || substr(digest, instr(digest, ':') + 1, 2) || '/' || substr(digest, instr(digest, ':') + 1);
+        CREATE UNIQUE INDEX blobs_key ON blobs(key);
+        ALTER TABLE uploads ADD COLUMN state TEXT;
+        ALTER TABLE uploads ADD COLUMN monolithic INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE pending_deletes (
+            key TEXT PRIMARY KEY,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            repository TEXT NOT NULL,
+            action TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
     """)
