@@ -8,7 +8,7 @@ import pytest
 
 from dockyard.tui.client import RegistryClient, RepositoryStats
 from dockyard.tui.images import Footprint, Inventory, TagRow, load_tags
-from dockyard.tui.retention import Rules, blobs_held_elsewhere, plan, select
+from dockyard.tui.retention import RetentionRules, blobs_held_elsewhere, plan, select
 from fakeregistry import FakeRegistry
 from seed import LAYERS, seed
 
@@ -24,15 +24,15 @@ TAGS = [TagRow("v1", pushed=days_ago(40)), TagRow("v2", pushed=days_ago(20)), Ta
 
 
 @pytest.mark.parametrize("rules, doomed", [
-    (Rules(), []),
-    (Rules(keep_newest=2), ["nodate", "pr-1", "v1", "v2"]),
-    (Rules(older_than_days=10), ["pr-1", "v1", "v2"]),
-    (Rules(keep_newest=1, older_than_days=10), ["pr-1", "v1", "v2"]),
-    (Rules(keep_newest=4, older_than_days=10), ["v1"]),
-    (Rules(pattern="pr-*"), ["pr-1", "pr-2"]),
-    (Rules(pattern="pr-*", keep_newest=1), ["pr-1"]),
-    (Rules(pattern="v*", older_than_days=25), ["v1"]),
-    (Rules(keep_newest=0, pattern="nomatch*"), []),
+    (RetentionRules(), []),
+    (RetentionRules(keep_newest=2), ["nodate", "pr-1", "v1", "v2"]),
+    (RetentionRules(older_than_days=10), ["pr-1", "v1", "v2"]),
+    (RetentionRules(keep_newest=1, older_than_days=10), ["pr-1", "v1", "v2"]),
+    (RetentionRules(keep_newest=4, older_than_days=10), ["v1"]),
+    (RetentionRules(pattern="pr-*"), ["pr-1", "pr-2"]),
+    (RetentionRules(pattern="pr-*", keep_newest=1), ["pr-1"]),
+    (RetentionRules(pattern="v*", older_than_days=25), ["v1"]),
+    (RetentionRules(keep_newest=0, pattern="nomatch*"), []),
 ])
 def test_rules_select_tags(rules, doomed):
     assert select(TAGS, rules, NOW) == doomed
