@@ -92,7 +92,10 @@ class RepositoriesScreen(Screen):
         admin = "admin API" if message.admin else "V2 API only"
         total = ""
         if message.storage:
+            # Dockyard's total_bytes counts the manifests as well as the blobs
             total = f"  {human_bytes(message.storage.get('total_bytes'))} in {message.storage.get('blobs', '?')} blobs"
+            if message.storage.get("manifest_bytes"):
+                total += " + manifests"
         self.query_one("#title", Static).update(f"[b]{self.app.client.url}[/b]{who}  ({admin}){total}")
         self.set_status("loading repositories …", "loading")
 
