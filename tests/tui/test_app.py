@@ -1,5 +1,5 @@
 """registry-tui's behaviour around the network and the command line: a dead or slow registry, wrong
-credentials, 10,000 repositories, the help screen, the command line. Against the real Dockyard app in this process
+credentials, 10,000 repositories, the help screen, `--help`. Against the real Dockyard app in this process
 (conftest's `registry`), with a thin transport in front of it for the faults."""
 
 from __future__ import annotations
@@ -108,6 +108,20 @@ def test_help_lists_the_keys(registry):
             assert key in text
 
     run_app(RegistryApp(registry.client()), scenario)
+
+
+def test_help_option_prints_the_usage_and_where_settings_come_from(capsys):
+    try:
+        app_module.main(["--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    else:
+        raise AssertionError("--help did not exit")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: registry-tui [-h]")
+    for text in ("REGISTRY_TUI_URL", "REGISTRY_TUI_USERNAME", "REGISTRY_TUI_TOKEN", "config.toml", "config.json",
+                 "--password-stdin", "http://127.0.0.1:5000", "?"):
+        assert text in out, text
 
 
 def test_main_reports_a_broken_config_file_without_a_traceback(tmp_path, monkeypatch, capsys):
