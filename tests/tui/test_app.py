@@ -100,6 +100,18 @@ def test_ten_thousand_repositories_load_page_by_page_and_filter_as_you_type(make
     asyncio.run(main())
 
 
+def test_counts_read_in_the_singular_for_one(registry):
+    repositories(registry.url, ["only/one"], transport=registry.transport)
+
+    async def scenario(pilot):
+        assert str(pilot.app.screen.query_one("#status").render()) == "1 repository"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert str(pilot.app.screen.query_one("#status").render()) == "1 tag, 1 manifest"
+
+    run_app(RegistryApp(registry.client()), scenario)
+
+
 def test_help_lists_the_keys(registry):
     async def scenario(pilot):
         await pilot.press("question_mark")

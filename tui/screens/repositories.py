@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from ..client import ClientError, RepositoryStats
-from ..format import human_bytes
+from ..format import human_bytes, plural
 from ..messages import Connected, LoadFailed, RepositoriesDone, RepositoriesPage
 from ..widgets.filterbar import FilterBar
 from ..widgets.table import KeyTable
@@ -127,7 +127,7 @@ class RepositoriesScreen(Screen):
 
     def show_count(self) -> None:
         shown = len(self.query_one(KeyTable).all_rows)
-        text = f"{len(self.names)} repositories"
+        text = plural(len(self.names), "repository", "repositories")
         if shown != len(self.names):
             text = f"{shown} of {text} match"
         if self.app.admin is False:
