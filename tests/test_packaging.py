@@ -71,7 +71,8 @@ asyncio.run(main(sys.argv[1]))
 def run(argv: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
                             stdin=subprocess.DEVNULL, **kwargs)
-    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, \
+        f"{argv} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
@@ -95,6 +96,19 @@ def test_registry_tui_from_a_plain_install_prints_its_usage(clean_install):
     result = run([clean_install / "registry-tui", "--help"], timeout=60)
     assert result.stdout.startswith("usage: registry-tui [-h]")
     assert "REGISTRY_TUI_URL" in result.stdout and "Traceback" not in result.stderr
+
+
+def push_small_image(http: httpx.Client, repository: str, tag: str) -> None:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    r = http.post(f"/v2/{repository}/blobs/uploads/", params={"digest": digest}, content=config)
+    assert r.status_code == 201, r.text
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": [],
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest,
+                           "size": len(config)}}
+    r = http.put(f"/v2/{repository}/manifests/{tag}", json=manifest,
+                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status_code == 201, r.text
 
 
 @pytest.mark.e2e
@@ -138,16 +152,3 @@ def test_registry_tui_from_a_plain_install_browses_a_registry(clean_install, tmp
     assert shown["screen"] == "RepositoriesScreen"
     assert shown["repositories"] == ["clean/install"]
     assert "(admin API)" in shown["title"] and shown["status"] == "1 repository"
-
-
-def push_small_image(http: httpx.Client, repository: str, tag: str) -> None:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    r = http.post(f"/v2/{repository}/blobs/uploads/", params={"digest": digest}, content=config)
-    assert r.status_code == 201, r.text
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": [],
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest,
-                           "size": len(config)}}
-    r = http.put(f"/v2/{repository}/manifests/{tag}", json=manifest,
-                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
-    assert r.status_code == 201, r.text
