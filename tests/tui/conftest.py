@@ -252,12 +252,6 @@ class InProcessRegistry:
         self.clients.append(client)
         return client
 
-    def http(self, auth: httpx.Auth | None = None) -> httpx.Client:
-        """A plain HTTP client to ask the registry what it holds (closed with the registry)."""
-        client = httpx.Client(base_url=self.url, transport=self.transport, auth=auth, timeout=30)
-        self.clients.append(client)
-        return client
-
     def close(self) -> None:
         for client in self.clients:
             client.close()
