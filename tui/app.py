@@ -13,7 +13,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from .client import RegistryClient
-from .connect import Connection, SettingsError, resolve
+from .connect import DEFAULT_URL, Connection, SettingsError, resolve
 from .screens.help import HelpScreen
 from .screens.repositories import RepositoriesScreen
 
@@ -50,8 +50,32 @@ class RegistryApp(App):
         self.client.close()
 
 
+EPILOG = f"""\
+where the settings come from (the first found wins):
+  URL          the argument, $REGISTRY_TUI_URL, `url` in the config file,
+               else {DEFAULT_URL}; a bare HOST[:PORT] means https://
+               (http:// for 127.0.0.1 and localhost)
+  credentials  the flags; $REGISTRY_TUI_USERNAME and $REGISTRY_TUI_PASSWORD
+               (or $REGISTRY_TUI_TOKEN); `username` and `password` in the
+               config file; what `docker login` stored for the host in
+               $DOCKER_CONFIG/config.json (~/.docker/config.json); else none
+  config file  $XDG_CONFIG_HOME/registry-tui/config.toml, by default
+               ~/.config/registry-tui/config.toml: url, username, password,
+               timeout (seconds, default 10)
+
+In the app, ? lists the keys and q quits.
+
+examples:
+  registry-tui 127.0.0.1:5000
+  registry-tui https://registry.example.com -u alice --password-stdin < pw
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="registry-tui", description="Browse and prune a container registry.")
+    parser = argparse.ArgumentParser(
+        prog="registry-tui", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Browse and prune a container registry (Dockyard, or any registry with the\n"
+                    "V2 API) from a terminal.")
     parser.add_argument("url", nargs="?", help="registry URL (else $REGISTRY_TUI_URL, else the config file)")
     parser.add_argument("-u", "--username", help="user name (else $REGISTRY_TUI_USERNAME or docker's config.json)")
     parser.add_argument("-p", "--password", help="password (prefer --password-stdin)")

@@ -17,9 +17,9 @@ def human_bytes(size: int | None) -> str:
     return f"{size} B"
 
 
-def plural(count: int, word: str) -> str:
-    """'1 tag', '2 tags'."""
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 tag', '2 tags'; '1 repository', '2 repositories' with `many`."""
+    return f"{count} {word}" if count == 1 else f"{count} {many or word + 's'}"
 
 
 def exact_bytes(size: int) -> str:

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from .client import ClientError, RegistryClient, RepositoryStats
-from .images import Footprint, TagRow
+from .images import Footprint, Inventory, TagRow
 
 
 @dataclass(frozen=True)
-class Rules:
+class RetentionRules:
     """Tags matching `pattern` (a glob; all tags when empty) are candidates; of these the newest `keep_newest`
     are kept, and of the rest those older than `older_than_days` go (all of the rest when no age is given).
     With no rule at all nothing is selected."""
@@ -30,7 +30,7 @@ class Rules:
         return self.keep_newest is None and self.older_than_days is None and not self.pattern
 
 
-def select(tags: Iterable[TagRow], rules: Rules, now: datetime) -> list[str]:
+def select(tags: Iterable[TagRow], rules: RetentionRules, now: datetime) -> list[str]:
     """The tags the rules delete. A tag whose date is unknown is never deleted by age, and counts as oldest."""
     if rules.empty:
         return []
@@ -147,3 +147,23 @@ def blobs_held_elsewhere(client: RegistryClient, repository: str, blobs: Iterabl
             except ClientError:
                 return None
     return held
+
+
+def make_plan(client: RegistryClient, admin: bool | None, inventory: Inventory, stats: dict[str, RepositoryStats],
+              doomed: Iterable[str], manifests: Iterable[str] = ()) -> tuple[Plan, str]:
+    """The plan for deleting `doomed` tags and `manifests` from the inventory's repository, with the blobs other
+    repositories hold left out where the admin API lets us find them; and a note when it could not check."""
+    doomed, manifests = list(doomed), list(manifests)  # each is read twice below
+    with inventory.lock:
+        tags = {t: r.digest for t, r in inventory.tags.items()}
+    result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests)
+    note = ""
+    if admin:
+        held = blobs_held_elsewhere(client, inventory.repository, result.blobs, stats) if result.blobs else set()
+        if held is None:
+            result.other_repositories_checked = False
+            note = "Too many repositories to check which share these blobs: the bytes are an upper bound."
+        else:
+            result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests,
+                          held_elsewhere=held)
+    return result, note

@@ -1,6 +1,8 @@
-"""Fixtures for registry-tui: a real `dockyard serve` or reference registry per test (each starts in well under
-a second, and a test that deletes and collects garbage needs a registry of its own), seeded over the HTTP API,
-and helpers to drive the app with Pilot and read what the screen shows.
+"""Fixtures for registry-tui: the real Dockyard app in this process (`create_app` behind httpx's WSGITransport,
+with a fixed clock so push times and ages on screen are the same on every run), a real `dockyard serve` or
+reference registry per test for the end-to-end tests (each starts in well under a second, and a test that deletes
+and collects garbage needs a registry of its own), all seeded over the HTTP API; and helpers to drive the app with
+Pilot and read what the screen shows.
 
 In CI (CI=true) a missing server binary fails the test; elsewhere it skips it.
 """
@@ -14,7 +16,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +27,17 @@ import httpx
 import pytest
 from rich.console import Console
 
+from dockyard.middleware.htpasswd import add_user
+from dockyard.server.app import create_app
+from dockyard.server.config import Config
+from dockyard.server.errors import DigestInvalid, error_body, error_for_status
+from dockyard.tui.client import Credentials, RegistryClient
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
-FIXED_NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+FIXED_NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)  # the TUI's clock
+PUSHED_AT = datetime(2024, 5, 1, tzinfo=timezone.utc)  # the in-process registry's clock: every push, a month ago
+URL = "http://registry.test"  # the in-process registry's address (WSGITransport never opens a socket)
+USERS = {"alice": "ecila", "bob": "bob"}  # with the auth middleware: alice is an admin, bob may only pull
 
 REFERENCE_CONFIG = """\
 version: 0.1
@@ -157,6 +170,125 @@ def reference(tmp_path):
     server = start("reference", [binary, "serve", config], tmp_path, port)
     yield server
     stop(server)
+
+
+# -- the real app, in this process ---------------------------------------------------------------------------
+
+
+def pushed_clock() -> float:
+    return PUSHED_AT.timestamp()
+
+
+def json_error(error, request: httpx.Request) -> httpx.Response:
+    return httpx.Response(error.status, content=error_body(error), headers={"Content-Type": "application/json"},
+                          request=request)
+
+
+class Transport(httpx.BaseTransport):
+    """The real app through httpx.WSGITransport, with what a test needs around it: a server that is down
+    (`down`: connection refused), a slow one (`delay` seconds before each request), and every request it
+    answered, with the status, in `log`.
+
+    `like_distribution=True` answers as the reference registry (Distribution 2.8) does where Dockyard does more:
+    it has no admin API and no referrers API (404 under /v2/_dockyard/ and for /referrers/), and it deletes
+    manifests only by digest (a DELETE by tag is 400 DIGEST_INVALID). Every other answer is the real app's."""
+
+    def __init__(self, app, *, like_distribution: bool = False):
+        self.wsgi = httpx.WSGITransport(app=app)
+        self.like_distribution = like_distribution
+        self.down = False
+        self.delay = 0.0
+        self.log: list[tuple[httpx.Request, int]] = []
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if self.delay:
+            time.sleep(self.delay)
+        response = self.distribution_answer(request) or self.wsgi.handle_request(request)
+        with self.lock:
+            self.log.append((request, response.status_code))
+        return response
+
+    def distribution_answer(self, request: httpx.Request) -> httpx.Response | None:
+        if not self.like_distribution:
+            return None
+        path = request.url.path
+        if path.startswith("/v2/_dockyard/") or "/referrers/" in path:
+            return json_error(error_for_status(404, detail={"path": path}, message="not found"), request)
+        reference = path.rpartition("/manifests/")[2]
+        if request.method == "DELETE" and "/manifests/" in path and not reference.startswith("sha256:"):
+            return json_error(DigestInvalid({"reference": reference},
+                                            message="provided digest did not match uploaded content"), request)
+        return None
+
+    def sent(self, method: str, path: str, status: int | None = None) -> list[httpx.Request]:
+        """The requests `method path` (a path ending in `*`: every path it begins), answered with `status`."""
+        def matches(p: str) -> bool:
+            return p.startswith(path[:-1]) if path.endswith("*") else p == path
+        with self.lock:
+            return [r for r, s in self.log if r.method == method and matches(r.url.path) and status in (None, s)]
+
+    def count(self, method: str, path: str, status: int | None = None) -> int:
+        return len(self.sent(method, path, status))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.log.clear()
+
+
+@dataclass
+class InProcessRegistry:
+    """Dockyard's WSGI app built by create_app from a Config, as `dockyard serve` builds it, but called in
+    this process: each test gets its own data directory and database."""
+    app: object
+    transport: Transport
+    url: str = URL
+    clients: list = field(default_factory=list)
+
+    def client(self, credentials: Credentials | None = None, **kwargs) -> RegistryClient:
+        client = RegistryClient(self.url, credentials, transport=self.transport, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.app.registry.metadata.close()
+
+
+def auth_middleware(directory: Path, *, tokens: bool = True) -> tuple:
+    """The `auth` middleware of TOKEN_AUTH_CONFIG (the same options `dockyard_with_tokens` serves), with an
+    htpasswd file of USERS; without its token table when `tokens` is false (basic auth only)."""
+    htpasswd = directory / "htpasswd"
+    for user, password in USERS.items():
+        add_user(htpasswd, user, password, rounds=4)  # the fewest bcrypt allows: these tests are not about bcrypt
+    middleware = tomllib.loads(TOKEN_AUTH_CONFIG.format(htpasswd=htpasswd))["middleware"]
+    if not tokens:
+        del middleware[0]["options"]["token"]
+    return tuple(middleware)
+
+
+@pytest.fixture
+def make_registry(tmp_path):
+    """`make_registry(middleware=(), clock=pushed_clock, like_distribution=False)`: a fresh in-process registry."""
+    made = []
+
+    def make(*, middleware: tuple = (), clock=pushed_clock, like_distribution: bool = False) -> InProcessRegistry:
+        config = Config(data=str(tmp_path / f"data{len(made)}"), middleware=middleware)
+        app = create_app(config, clock=clock)
+        made.append(InProcessRegistry(app, Transport(app, like_distribution=like_distribution)))
+        return made[-1]
+
+    yield make
+    for registry in made:
+        registry.close()
+
+
+@pytest.fixture
+def registry(make_registry) -> InProcessRegistry:
+    return make_registry()
 
 
 # -- driving the app ---------------------------------------------------------------------------------------------

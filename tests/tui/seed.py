@@ -154,3 +154,27 @@ def seed(url: str, *, referrer: bool = True, transport: httpx.BaseTransport | No
         return Seed(a, b, c, amd64, arm64, multi, sbom, api, cli)
     finally:
         s.close()
+
+
+def repositories(url: str, names: list[str], *, transport: httpx.BaseTransport | None = None,
+                 auth: httpx.Auth | None = None) -> None:
+    """The smallest image, tagged `latest`, in each of `names`: its config blob pushed once, monolithically (one
+    POST), then mounted from there into each other repository (one POST, no data, no file written), and the
+    manifest (one PUT). Pushing the blob into every repository instead writes and fsyncs a file each time: about
+    three times slower, 15 s for 10,000 repositories in-process."""
+    s = Seeder(url, transport, auth)
+    try:
+        config = canonical({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
+        digest = digest_of(config)
+        body = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                          "config": {"mediaType": OCI_CONFIG, "digest": digest, "size": len(config)}})
+        for i, name in enumerate(names):
+            if i == 0:
+                r = s.http.post(f"/v2/{name}/blobs/uploads/", params={"digest": digest}, content=config,
+                                headers={"Content-Type": "application/octet-stream"})
+            else:
+                r = s.http.post(f"/v2/{name}/blobs/uploads/", params={"mount": digest, "from": names[0]})
+            assert r.status_code == 201, f"blob into {name}: {r.status_code} {r.text}"
+            s.manifest(name, "latest", body, OCI_MANIFEST)
+    finally:
+        s.close()

@@ -1,49 +1,44 @@
-"""registry-tui's behaviour that needs no real server: a dead or slow registry, wrong credentials, 10,000
-repositories, the help screen, the command line. Against the in-memory FakeRegistry (httpx.MockTransport)."""
+"""registry-tui's behaviour around the network and the command line: a dead or slow registry, wrong
+credentials, 10,000 repositories, the help screen, `--help`. Against the real Dockyard app in this process
+(conftest's `registry`), with a thin transport in front of it for the faults."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from conftest import run_app, screen_text, settle, table_keys, type_text
+import httpx
+
+from conftest import (FIXED_NOW, USERS, auth_middleware, goto, run_app, screen_text, settle, table_keys,
+                      type_text)
 from dockyard.tui import app as app_module
 from dockyard.tui.app import RegistryApp
-from dockyard.tui.client import Credentials, RegistryClient
-from fakeregistry import FakeRegistry, Repo
-from seed import seed
-
-URL = "http://registry.test"
+from dockyard.tui.client import Credentials
+from seed import repositories, seed
 
 
-def make_app(fake: FakeRegistry, credentials: Credentials | None = None, **kwargs) -> RegistryApp:
-    return RegistryApp(RegistryClient(URL, credentials, transport=fake.transport()), **kwargs)
-
-
-def test_a_dead_server_is_a_clear_state_and_r_retries():
-    fake = FakeRegistry()
-    seed(URL, transport=fake.transport())
-    fake.down = True
+def test_a_dead_server_is_a_clear_state_and_r_retries(registry):
+    seed(registry.url, transport=registry.transport)
+    registry.transport.down = True
 
     async def scenario(pilot):
         text = screen_text(pilot.app)
         assert "cannot reach http://registry.test: connection refused   (r: retry)" in text
         assert "Traceback" not in text
-        fake.down = False
+        registry.transport.down = False
         await pilot.press("r")
         await settle(pilot)
         assert table_keys(pilot.app) == ["apps/api", "apps/web", "tools/cli"]
 
-    run_app(make_app(fake), scenario)
+    run_app(RegistryApp(registry.client()), scenario)
 
 
-def test_a_slow_server_shows_loading_and_the_keys_still_answer():
-    fake = FakeRegistry()
-    seed(URL, transport=fake.transport())
-    fake.delay = 0.3
+def test_a_slow_server_shows_loading_and_the_keys_still_answer(registry):
+    seed(registry.url, transport=registry.transport)
+    registry.transport.delay = 0.3
 
     async def main():
-        app = make_app(fake)
+        app = RegistryApp(registry.client())
         async with app.run_test(size=(80, 24)) as pilot:
             for _ in range(20):
                 await pilot.pause()
@@ -60,35 +55,41 @@ def test_a_slow_server_shows_loading_and_the_keys_still_answer():
     asyncio.run(main())
 
 
-def test_wrong_credentials_are_said_on_screen():
-    fake = FakeRegistry(auth="bearer")
+def test_wrong_credentials_are_said_on_screen(make_registry, tmp_path):
+    registry = make_registry(middleware=auth_middleware(tmp_path))  # bearer tokens from the app's /auth/token
 
     async def scenario(pilot):
         text = screen_text(pilot.app)
-        assert "the token service refused user 'admin' (401): check the credentials" in text
+        assert "the token service refused user 'alice' (401): check the credentials" in text
+        assert table_keys(pilot.app) == []
 
-    run_app(make_app(fake, Credentials("admin", "nope")), scenario)
+    run_app(RegistryApp(registry.client(Credentials("alice", "wrong"))), scenario)
+    assert registry.transport.count("GET", "/auth/token", 401) == 1
 
 
-def test_ten_thousand_repositories_load_page_by_page_and_filter_as_you_type():
-    fake = FakeRegistry(admin=False)
-    for i in range(10_000):
-        fake.repos[f"team{i % 50:02d}/service-{i:05d}"] = Repo()
+def test_ten_thousand_repositories_load_page_by_page_and_filter_as_you_type(make_registry, tmp_path):
+    # bob may pull everything but is no admin: the admin API refuses him (403), so the app lists the V2 catalog,
+    # as it does on a registry without the admin API
+    registry = make_registry(middleware=auth_middleware(tmp_path, tokens=False))
+    names = sorted(f"team{i % 50:02d}/service-{i:05d}" for i in range(10_000))
+    repositories(registry.url, names, transport=registry.transport, auth=httpx.BasicAuth("alice", USERS["alice"]))
+    transport = registry.transport
 
     async def main():
-        app = make_app(fake)
+        app = RegistryApp(registry.client(Credentials("bob", USERS["bob"])))
         async with app.run_test(size=(80, 24)) as pilot:
             started = time.monotonic()
             await settle(pilot, timeout=60)
             assert len(table_keys(app)) == 10_000
-            assert "10000 repositories" in screen_text(app)
-            catalog_pages = [p for m, p in fake.requests if p == "/v2/_catalog"]
-            assert len(catalog_pages) == 10  # n=1000, following Link
+            text = screen_text(app)
+            assert "V2 API only" in text and "10000 repositories" in text
+            assert transport.count("GET", "/v2/_dockyard/storage", 403) == 1
+            assert transport.count("GET", "/v2/_catalog", 200) == 10  # n=1000, following Link
             table = app.screen.query_one("KeyTable")
             assert table.row_count == 200  # a window of the 10,000 is mounted; the cursor brings more
             await pilot.press("end")  # to the last mounted row: the next window is mounted
             await pilot.pause()
-            assert table.row_count == 400 and table.current_key == sorted(fake.repos)[199]
+            assert table.row_count == 400 and table.current_key == names[199]
             await pilot.press("slash")
             await type_text(pilot, "service-0999")
             assert len(table_keys(app)) == 10
@@ -99,16 +100,40 @@ def test_ten_thousand_repositories_load_page_by_page_and_filter_as_you_type():
     asyncio.run(main())
 
 
-def test_help_lists_the_keys():
-    fake = FakeRegistry()
+def test_counts_read_in_the_singular_for_one(registry):
+    repositories(registry.url, ["only/one"], transport=registry.transport)
 
+    async def scenario(pilot):
+        assert str(pilot.app.screen.query_one("#status").render()) == "1 repository"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert str(pilot.app.screen.query_one("#status").render()) == "1 tag, 1 manifest"
+
+    run_app(RegistryApp(registry.client()), scenario)
+
+
+def test_help_lists_the_keys(registry):
     async def scenario(pilot):
         await pilot.press("question_mark")
         text = screen_text(pilot.app)
         for key in ("/  filter", "space  mark/unmark", "s  sort", "D  delete the manifest", "p  retention"):
             assert key in text
 
-    run_app(make_app(fake), scenario)
+    run_app(RegistryApp(registry.client()), scenario)
+
+
+def test_help_option_prints_the_usage_and_where_settings_come_from(capsys):
+    try:
+        app_module.main(["--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    else:
+        raise AssertionError("--help did not exit")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: registry-tui [-h]")
+    for text in ("REGISTRY_TUI_URL", "REGISTRY_TUI_USERNAME", "REGISTRY_TUI_TOKEN", "config.toml", "config.json",
+                 "--password-stdin", "http://127.0.0.1:5000", "?"):
+        assert text in out, text
 
 
 def test_main_reports_a_broken_config_file_without_a_traceback(tmp_path, monkeypatch, capsys):
@@ -127,16 +152,13 @@ def test_console_script_is_registry_tui():
     assert scripts["registry-tui"] == "dockyard.tui.app:main"
 
 
-def test_the_readme_shows_the_screen_as_it_is():
+def test_the_readme_shows_the_screen_as_it_is(registry):
     """The README's captured screen is today's render of the same scenario (regenerate it if this fails)."""
     from pathlib import Path
 
-    from conftest import FIXED_NOW, goto
-
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    fake = FakeRegistry()
-    seed(URL, transport=fake.transport())
-    app = make_app(fake, clock=lambda: FIXED_NOW)
+    seed(registry.url, transport=registry.transport)
+    app = RegistryApp(registry.client(), clock=lambda: FIXED_NOW)
     captured = []
 
     async def scenario(pilot):

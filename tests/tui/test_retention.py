@@ -6,10 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dockyard.tui.client import RegistryClient, RepositoryStats
+from dockyard.tui.client import RepositoryStats
 from dockyard.tui.images import Footprint, Inventory, TagRow, load_tags
-from dockyard.tui.retention import Rules, blobs_held_elsewhere, plan, select
-from fakeregistry import FakeRegistry
+from dockyard.tui.retention import RetentionRules, blobs_held_elsewhere, make_plan, plan, select
 from seed import LAYERS, seed
 
 NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -24,15 +23,15 @@ TAGS = [TagRow("v1", pushed=days_ago(40)), TagRow("v2", pushed=days_ago(20)), Ta
 
 
 @pytest.mark.parametrize("rules, doomed", [
-    (Rules(), []),
-    (Rules(keep_newest=2), ["nodate", "pr-1", "v1", "v2"]),
-    (Rules(older_than_days=10), ["pr-1", "v1", "v2"]),
-    (Rules(keep_newest=1, older_than_days=10), ["pr-1", "v1", "v2"]),
-    (Rules(keep_newest=4, older_than_days=10), ["v1"]),
-    (Rules(pattern="pr-*"), ["pr-1", "pr-2"]),
-    (Rules(pattern="pr-*", keep_newest=1), ["pr-1"]),
-    (Rules(pattern="v*", older_than_days=25), ["v1"]),
-    (Rules(keep_newest=0, pattern="nomatch*"), []),
+    (RetentionRules(), []),
+    (RetentionRules(keep_newest=2), ["nodate", "pr-1", "v1", "v2"]),
+    (RetentionRules(older_than_days=10), ["pr-1", "v1", "v2"]),
+    (RetentionRules(keep_newest=1, older_than_days=10), ["pr-1", "v1", "v2"]),
+    (RetentionRules(keep_newest=4, older_than_days=10), ["v1"]),
+    (RetentionRules(pattern="pr-*"), ["pr-1", "pr-2"]),
+    (RetentionRules(pattern="pr-*", keep_newest=1), ["pr-1"]),
+    (RetentionRules(pattern="v*", older_than_days=25), ["v1"]),
+    (RetentionRules(keep_newest=0, pattern="nomatch*"), []),
 ])
 def test_rules_select_tags(rules, doomed):
     assert select(TAGS, rules, NOW) == doomed
@@ -79,17 +78,18 @@ def test_deleting_a_manifest_by_digest_takes_every_tag_that_points_at_it():
     assert p.tags == ["a", "a2"] and p.manifests == ["m1"] and p.bytes_freed == 110
 
 
-def seeded():
-    fake = FakeRegistry()
-    s = seed("http://registry.test", transport=fake.transport())
-    client = RegistryClient("http://registry.test", transport=fake.transport())
+@pytest.fixture
+def seeded(registry):
+    """The real app in this process, seeded; a client; and apps/web's inventory as the tags screen loads it."""
+    s = seed(registry.url, transport=registry.transport)
+    client = registry.client()
     inventory = Inventory("apps/web")
     load_tags(client, inventory, admin=True, on_rows=lambda rows: None)
-    return fake, s, client, inventory
+    return registry.transport, s, client, inventory
 
 
-def test_plan_against_seeded_registry_counts_the_layer_apps_api_shares():
-    fake, s, client, inventory = seeded()
+def test_plan_against_seeded_registry_counts_the_layer_apps_api_shares(seeded):
+    transport, s, client, inventory = seeded
     tags = {t: r.digest for t, r in inventory.tags.items()}
     # every tag of apps/web goes: BASE would be freed here, but apps/api holds it too
     everything = plan("apps/web", tags, inventory.footprints, list(tags))
@@ -106,12 +106,29 @@ def test_plan_against_seeded_registry_counts_the_layer_apps_api_shares():
     assert p.manifest_bytes == sum(x.manifest_bytes for x in (s.a, s.b, s.c, s.multi, s.amd64, s.arm64))
 
 
-def test_held_elsewhere_asks_nobody_when_the_repository_shares_nothing():
-    fake, s, client, inventory = seeded()
+@pytest.mark.parametrize("admin", [True, False])
+def test_make_plan_leaves_out_what_other_repositories_hold_only_where_it_can_ask(seeded, admin):
+    transport, s, client, inventory = seeded
+    stats = {r.name: r for page in client.repositories() for r in page}
+    base = next(d for d, size in s.a.blobs.items() if size == LAYERS["base"])
+    transport.clear()
+    result, note = make_plan(client, admin, inventory, stats, list(inventory.tags))
+    assert note == ""
+    assert (base in result.kept_by_others) is admin and (base in result.blobs) is not admin
+    assert result.other_repositories_checked is (True if admin else None)
+    # apps/api is the one other repository sharing bytes: only it is asked, one HEAD per candidate blob
+    heads = transport.sent("HEAD", "/v2/*")
+    assert {r.url.path.split("/blobs/")[0] for r in heads} == ({"/v2/apps/api"} if admin else set())
+    assert len(heads) == (len(result.blobs) + len(result.kept_by_others) if admin else 0)
+
+
+def test_held_elsewhere_asks_nobody_when_the_repository_shares_nothing(seeded):
+    transport, s, client, inventory = seeded
     stats = {"tools/cli": RepositoryStats("tools/cli", 1, 1, 643, 0),
              "apps/web": RepositoryStats("apps/web", 6, 6, 1, 4096)}
-    before = len(fake.requests)
+    before = len(transport.log)
     assert blobs_held_elsewhere(client, "tools/cli", ["sha256:x"], stats) == set()
-    assert len(fake.requests) == before
+    assert len(transport.log) == before
     stats["apps/api"] = RepositoryStats("apps/api", 1, 1, 1, 4096)
     assert blobs_held_elsewhere(client, "apps/api", [f"sha256:{i}" for i in range(10)], stats, limit=5) is None
+    assert len(transport.log) == before

@@ -1,5 +1,6 @@
-"""Snapshots of the main screens at 80x24. Stable by construction: the in-memory registry holds the same seeded
-content (names, sizes, digests) on every run, its push times are fixed, and the app's clock is injected."""
+"""Snapshots of the main screens at 80x24, against the real Dockyard app in this process. Stable by construction:
+the registry holds the same seeded content (names, sizes, digests) on every run, its clock is fixed (every push
+a month before FIXED_NOW), and the app's clock is injected."""
 
 from __future__ import annotations
 
@@ -7,18 +8,13 @@ import pytest
 
 from conftest import FIXED_NOW, goto, settle, type_text
 from dockyard.tui.app import RegistryApp
-from dockyard.tui.client import RegistryClient
-from fakeregistry import FakeRegistry
 from seed import seed
-
-URL = "http://registry.test"
 
 
 @pytest.fixture
-def app():
-    fake = FakeRegistry()
-    seed(URL, transport=fake.transport())
-    return RegistryApp(RegistryClient(URL, transport=fake.transport()), clock=lambda: FIXED_NOW)
+def app(registry):
+    seed(registry.url, transport=registry.transport)
+    return RegistryApp(registry.client(), clock=lambda: FIXED_NOW)
 
 
 def steps(*actions):

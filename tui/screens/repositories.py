@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from ..client import ClientError, RepositoryStats
-from ..format import human_bytes
+from ..format import human_bytes, plural
 from ..messages import Connected, LoadFailed, RepositoriesDone, RepositoriesPage
 from ..widgets.filterbar import FilterBar
 from ..widgets.table import KeyTable
@@ -92,7 +92,10 @@ class RepositoriesScreen(Screen):
         admin = "admin API" if message.admin else "V2 API only"
         total = ""
         if message.storage:
+            # Dockyard's total_bytes counts the manifests as well as the blobs
             total = f"  {human_bytes(message.storage.get('total_bytes'))} in {message.storage.get('blobs', '?')} blobs"
+            if message.storage.get("manifest_bytes"):
+                total += " + manifests"
         self.query_one("#title", Static).update(f"[b]{self.app.client.url}[/b]{who}  ({admin}){total}")
         self.set_status("loading repositories …", "loading")
 
@@ -124,7 +127,7 @@ class RepositoriesScreen(Screen):
 
     def show_count(self) -> None:
         shown = len(self.query_one(KeyTable).all_rows)
-        text = f"{len(self.names)} repositories"
+        text = plural(len(self.names), "repository", "repositories")
         if shown != len(self.names):
             text = f"{shown} of {text} match"
         if self.app.admin is False:

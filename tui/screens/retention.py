@@ -13,14 +13,14 @@ from textual.widgets import Footer, Input, Label, Static
 from ..client import ClientError
 from ..images import Inventory
 from ..messages import LoadFailed, PlanReady
-from ..retention import Plan, Rules, select
+from ..retention import Plan, RetentionRules, make_plan, select
 from ..widgets.plansummary import describe_plan
 from .confirm import ConfirmScreen
 from .progress import ProgressScreen
 
 
-def parse_rules(keep: str, days: str, pattern: str) -> Rules:
-    """The three inputs as Rules; ValueError with a sentence when one is not a number."""
+def parse_rules(keep: str, days: str, pattern: str) -> RetentionRules:
+    """The three inputs as RetentionRules; ValueError with a sentence when one is not a number."""
     keep_n = days_n = None
     if keep.strip():
         if not keep.strip().isdigit():
@@ -33,7 +33,7 @@ def parse_rules(keep: str, days: str, pattern: str) -> Rules:
             raise ValueError("older than: a number of days") from None
         if days_n < 0:
             raise ValueError("older than: a number of days, not negative")
-    return Rules(keep_n, days_n, pattern.strip() or None)
+    return RetentionRules(keep_n, days_n, pattern.strip() or None)
 
 
 class RetentionScreen(Screen[dict]):
@@ -80,13 +80,12 @@ class RetentionScreen(Screen[dict]):
         self.preview(rules)
 
     @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
-    def preview(self, rules: Rules) -> None:
-        from .tags import make_plan  # tags.py imports this module
+    def preview(self, rules: RetentionRules) -> None:
         with self.inventory.lock:
             rows = list(self.inventory.tags.values())
         doomed = select(rows, rules, self.app.clock())
         try:
-            plan, note = make_plan(self.app, self.inventory, self.stats, doomed)
+            plan, note = make_plan(self.app.client, self.app.admin, self.inventory, self.stats, doomed)
         except Exception as exc:
             text = str(exc) if isinstance(exc, ClientError) else f"unexpected {type(exc).__name__}: {exc}"
             self.post_message(LoadFailed("preview", text))

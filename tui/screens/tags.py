@@ -16,7 +16,7 @@ from ..client import ClientError, RepositoryStats
 from ..format import age, human_bytes, plural, short_digest
 from ..images import Inventory, TagRow, load_tags
 from ..messages import LoadFailed, PlanReady, TagRowsLoaded, TagsDone
-from ..retention import blobs_held_elsewhere, plan
+from ..retention import make_plan
 from ..widgets.filterbar import FilterBar
 from ..widgets.plansummary import describe_plan
 from ..widgets.table import KeyTable
@@ -31,23 +31,6 @@ OLDEST = datetime.min.replace(tzinfo=timezone.utc)
 
 def error_text(exc: Exception) -> str:
     return str(exc) if isinstance(exc, ClientError) else f"unexpected {type(exc).__name__}: {exc}"
-
-
-def make_plan(app, inventory: Inventory, stats: dict, doomed, manifests=()) -> tuple:
-    """The plan, with blobs other repositories hold left out where the admin API lets us find them."""
-    with inventory.lock:
-        tags = {t: r.digest for t, r in inventory.tags.items()}
-    result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests)
-    note = ""
-    if app.admin:
-        held = blobs_held_elsewhere(app.client, inventory.repository, result.blobs, stats) if result.blobs else set()
-        if held is None:
-            result.other_repositories_checked = False
-            note = "Too many repositories to check which share these blobs: the bytes are an upper bound."
-        else:
-            result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests,
-                          held_elsewhere=held)
-    return result, note
 
 
 def ordered(rows: list[TagRow], sort: str, reverse: bool) -> list[TagRow]:
@@ -271,7 +254,8 @@ class TagsScreen(Screen):
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def plan_deletion(self, doomed: list[str], manifests: list[str], title: str) -> None:
         try:
-            result, note = make_plan(self.app, self.inventory, self.stats, doomed, manifests)
+            result, note = make_plan(self.app.client, self.app.admin, self.inventory, self.stats, doomed,
+                                     manifests)
         except Exception as exc:
             self.post_message(LoadFailed("plan", error_text(exc)))
             return
