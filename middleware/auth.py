@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -193,7 +192,7 @@ class AuthMiddleware:
         except (OSError, ValueError, TypeError) as exc:
             raise options.error("key", f"cannot load the private key: {exc}") from None
         own = TokenIssuer(key, algorithm=algorithm, issuer=issuer_name, service=service, expires_in=expires_in,
-                          clock=context.clock or time.time) if key is not None else None
+                          clock=context.now) if key is not None else None
         trusted = []
         for i, raw in enumerate(options.get("trusted_issuers", list, [])):
             if not isinstance(raw, dict):
@@ -209,7 +208,7 @@ class AuthMiddleware:
             except (OSError, ValueError, jwt.PyJWKError) as exc:
                 raise sub.error("jwks" if jwks else "public_key", f"cannot load: {exc}") from None
         options.finish()
-        return own, TokenVerifier(own, trusted), realm, path
+        return own, TokenVerifier(own, trusted, clock=context.now), realm, path
 
     def routes(self):
         if self.issuer is not None:

@@ -125,26 +125,56 @@ class TokenIssuer:
 
 class TokenVerifier:
     """Checks a bearer token against Dockyard's own key and the trusted issuers; returns its claims and whether
-    Dockyard issued it. Any failure is `jwt.InvalidTokenError`."""
+    Dockyard issued it. Any failure, a claim of an unexpected type included, is `jwt.InvalidTokenError`. Times are
+    judged by the injected clock (with LEEWAY seconds of skew), the same clock the issuer stamps tokens with."""
 
-    def __init__(self, own: TokenIssuer | None, trusted: list[TrustedIssuer]):
+    def __init__(self, own: TokenIssuer | None, trusted: list[TrustedIssuer], *,
+                 clock: Callable[[], float] = time.time):
         self.own = own
         self.trusted = {t.issuer: t for t in trusted}
+        self._clock = clock
 
     def verify(self, token: str) -> tuple[dict, bool]:
+        try:
+            return self._verify(token)
+        except jwt.InvalidTokenError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # claims of unexpected types
+            raise jwt.InvalidTokenError(f"malformed token: {type(exc).__name__}") from None
+
+    def _verify(self, token: str) -> tuple[dict, bool]:
         unverified = jwt.decode(token, options={"verify_signature": False})
         issuer = unverified.get("iss")
-        options = {"require": ["exp", "iss", "aud"]}
+        if not isinstance(issuer, str):
+            raise jwt.InvalidIssuerError("the token's issuer is not a string")
+        # exp and nbf are checked below against our clock, not the wall clock PyJWT would read.
+        options = {"require": ["exp", "iss", "aud"], "verify_exp": False, "verify_nbf": False}
         if self.own is not None and issuer == self.own.issuer:
             claims = jwt.decode(token, self.own.public_key, algorithms=[self.own.algorithm],
-                                audience=self.own.service, issuer=self.own.issuer, leeway=LEEWAY, options=options)
-            return claims, True
-        trusted = self.trusted.get(issuer)
-        if trusted is None:
-            raise jwt.InvalidIssuerError("token from an issuer this registry does not trust")
-        claims = jwt.decode(token, trusted.key_for(token), algorithms=trusted.algorithms,
-                            audience=trusted.audience, issuer=trusted.issuer, leeway=LEEWAY, options=options)
-        return claims, False
+                                audience=self.own.service, issuer=self.own.issuer, options=options)
+            own = True
+        else:
+            trusted = self.trusted.get(issuer)
+            if trusted is None:
+                raise jwt.InvalidIssuerError("token from an issuer this registry does not trust")
+            claims = jwt.decode(token, trusted.key_for(token), algorithms=trusted.algorithms,
+                                audience=trusted.audience, issuer=trusted.issuer, options=options)
+            own = False
+        now = self._clock()
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if not _is_number(exp) or (nbf is not None and not _is_number(nbf)):
+            raise jwt.InvalidTokenError("exp and nbf must be numbers")
+        if now > exp + LEEWAY:
+            raise jwt.ExpiredSignatureError("the token has expired")
+        if nbf is not None and now < nbf - LEEWAY:
+            raise jwt.ImmatureSignatureError("the token is not valid yet")
+        if claims.get("sub") is not None and not isinstance(claims["sub"], str):
+            raise jwt.InvalidTokenError("sub must be a string")
+        return claims, own
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def granted_actions(claims: dict) -> dict[tuple[str, str], set[str]]:

@@ -18,8 +18,8 @@ from typing import BinaryIO, Callable
 from .bodies import Source
 from .cache import BoundedCache
 from .config import Config
-from .errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestUnknown, NameUnknown,
-                     RangeInvalid, RegistryError, SizeInvalid, TagInvalid)
+from .errors import (BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestUnknown, NameUnknown,
+                     RangeInvalid, RegistryError, TagInvalid)
 from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata

@@ -85,9 +85,15 @@ def clean_install(tmp_path_factory) -> Path:
         if IN_CI:
             pytest.fail(f"{reason} (CI=true: a missing tool is a failure)", pytrace=False)
         pytest.skip(reason)
-    venv = tmp_path_factory.mktemp("clean") / "venv"
+    base = tmp_path_factory.mktemp("clean")
+    # pip builds a local project in place: install from a copy, so no build/ or egg-info lands in the checkout
+    # (and nothing left there from an earlier build can end up in this install).
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache", "data"))
+    venv = base / "venv"
     run([python3, "-m", "venv", venv], timeout=120)
-    run([venv / "bin" / "pip", "install", ROOT], timeout=900, cwd=venv.parent)
+    run([venv / "bin" / "pip", "install", source], timeout=900, cwd=base)
     return venv / "bin"
 
 

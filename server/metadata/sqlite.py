@@ -380,12 +380,12 @@ class SqliteMetadata(Metadata):
         with self._read() as conn:
             rows = conn.execute(query + " ORDER BY m.created_at, m.digest", params).fetchall()
         descriptors = []
-        for media_type, digest, size, artifact, annotations in rows:
+        for media_type, digest, size, artifact, annotated in rows:
             descriptor = {"mediaType": media_type, "digest": digest, "size": size}
             if artifact:
                 descriptor["artifactType"] = artifact
-            if annotations:
-                descriptor["annotations"] = json.loads(annotations)
+            if annotated:
+                descriptor["annotations"] = json.loads(annotated)
             descriptors.append(descriptor)
         return descriptors
 

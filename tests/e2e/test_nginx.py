@@ -156,8 +156,8 @@ class Deployment:
             self.http.auth = (USER, PASSWORD)
 
     def dockyard_config(self) -> str:
-        config = (f'trusted_proxies = "127.0.0.1"\naccel_redirect = "/_dockyard_blobs"\n'
-                  f'log_level = "warning"\n')
+        config = ('trusted_proxies = "127.0.0.1"\naccel_redirect = "/_dockyard_blobs"\n'
+                  'log_level = "warning"\n')
         if self.auth:
             htpasswd = self.home / "htpasswd"
             sh(tool("htpasswd", "apache2-utils"), "-Bbc", htpasswd, USER, PASSWORD)

@@ -21,8 +21,8 @@ def clean_environment(monkeypatch):
 
 
 def test_prints_effective_settings_and_the_chain(tmp_path, capsys):
-    code, out, err = check(tmp_path, capsys, f'trusted_proxies = "127.0.0.1"\nthreads = 4\n'
-                           f'[[middleware]]\nname = "logging"\n', "--workers", "3")
+    code, out, err = check(tmp_path, capsys, 'trusted_proxies = "127.0.0.1"\nthreads = 4\n'
+                           '[[middleware]]\nname = "logging"\n', "--workers", "3")
     assert code == 0, err
     lines = out.splitlines()
     assert 'trusted_proxies = "127.0.0.1"' in lines and "threads = 4" in lines and "workers = 3" in lines

@@ -255,7 +255,7 @@ class InProcessRegistry:
     def close(self) -> None:
         for client in self.clients:
             client.close()
-        self.app.registry.metadata.close()
+        self.app.registry.close()
 
 
 def auth_middleware(directory: Path, *, tokens: bool = True) -> tuple:
