@@ -11,12 +11,40 @@ from __future__ import annotations
 
 from typing import BinaryIO, Protocol
 
-from .errors import SizeInvalid
+from .errors import BadRequest, SizeInvalid
 
 
 class Source(Protocol):
     def readinto(self, buf: memoryview) -> int:
         """Fill `buf` as far as the body allows; 0 at the end of the body. SIZE_INVALID if it ends early."""
+
+
+def _read(stream: BinaryIO, size: int) -> bytes:
+    """One read of a request body. A body the server cannot parse (a malformed chunked encoding) is BAD_REQUEST; a
+    body that ends because the client went away is SIZE_INVALID (nobody reads the answer, but it is no 500)."""
+    try:
+        return stream.read(size)
+    except OSError as exc:  # gunicorn's NoMoreData is an IOError; a reset connection an OSError
+        raise SizeInvalid({"reason": f"the request body ended early: {type(exc).__name__}"},
+                          message="request body ended early") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("gunicorn.http"):  # InvalidChunkSize, ChunkMissingTerminator, ...
+            raise BadRequest({"reason": f"malformed request body: {type(exc).__name__}"},
+                             message="malformed request body") from None
+        raise
+
+
+def read_small(stream: BinaryIO, limit: int) -> bytes:
+    """A small body (a manifest, a form, an admin request) read whole, but never more than `limit` + 1 bytes: the
+    caller refuses a body longer than `limit` (TOO_LARGE) without having read the rest."""
+    parts, total = [], 0
+    while total <= limit:
+        data = _read(stream, limit + 1 - total)
+        if not data:
+            break
+        parts.append(data)
+        total += len(data)
+    return b"".join(parts)
 
 
 def _short(length: int, received: int) -> SizeInvalid:
@@ -35,7 +63,7 @@ class StreamSource:
         want = len(buf) if self._remaining is None else min(len(buf), self._remaining)
         filled = 0
         while filled < want:
-            data = self._stream.read(want - filled)
+            data = _read(self._stream, want - filled)
             if not data:
                 break
             buf[filled:filled + len(data)] = data

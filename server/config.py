@@ -66,6 +66,10 @@ class Config:
                                         "(never children of a tagged index, nor referrers of a live manifest).")
     upload_max_age: int = _setting(86400, "Seconds an upload session may stay idle before garbage collection "
                                    "purges it with its data.", minimum=60)
+    upload_sessions_per_repository: int = _setting(500, "Upload sessions a repository may have open at once "
+                                                   "(0: no limit); one more is refused with 429.", minimum=0)
+    upload_sessions_per_user: int = _setting(1000, "Upload sessions one user may have open at once, across "
+                                             "repositories (0: no limit); one more is refused with 429.", minimum=0)
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
