@@ -32,7 +32,13 @@ class Config:
     bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
     data: str = _setting("./data", "Data directory: the SQLite database (registry.db) and the blobs.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
-    threads: int = _setting(8, "Threads per worker (gthread); blob transfers hold one each.", minimum=1)
+    threads: int = _setting(64, "Threads per worker; a request holds one while it runs (a blob transfer for as long as "
+                            "it takes), idle connections and request headers hold none.", minimum=1)
+    header_timeout: int = _setting(10, "Seconds a client has to send a request's line and headers (from when its "
+                                   "connection becomes readable); then the connection is closed.", minimum=1)
+    body_timeout: int = _setting(60, "Seconds a request body or a response may go without a byte moving before "
+                                 "its connection is closed (a stalled upload or download frees its thread).",
+                                 minimum=1)
     timeout: int = _setting(120, "Seconds a silent worker may stay unresponsive before gunicorn restarts it.",
                             minimum=1)
     max_manifest_size: int = _setting(4 * 1024 * 1024, "Largest manifest accepted, in bytes (the spec asks for "
