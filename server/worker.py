@@ -16,11 +16,16 @@ This worker changes four things and keeps everything else of gthread (and so its
    response `Connection: close` when a request's body was not consumed (see `observability`), and the rest of
    the body is read and thrown away up to DRAIN_BYTES / DRAIN_SECONDS, so a client still sending can finish and
    read the answer (a 413, a 401, a full disk), before the connection closes.
-4. **A worker accepts new connections only while it has a free thread**: the others (or the kernel's backlog)
-   take them instead of queueing behind stalled uploads in this worker.
+4. **Requests with a body and requests without run in thread pools of their own** (`threads` each): a pull, a
+   manifest or a tag list never waits behind uploads, stalled or not. A worker accepts new connections only while
+   its pool for requests without a body has a free thread: the others (or the kernel's backlog) take them instead.
 
-Limits: a stalled body still holds a thread for up to `body_timeout` seconds, so the number of threads
-(`threads` x workers) bounds how many stalled uploads the server absorbs without slowing anyone else; in front of
+5. **Closing lingers in the event loop**: gthread closes a connection "gracefully" (half-close, then read what
+   the client still sends for up to 2 s) in its main loop, which a client that sends nothing more turns into a 2 s
+   stop of the whole worker per connection; here the lingering is one more event-loop state.
+
+Limits: a stalled body still holds a thread for up to `body_timeout` seconds, so `threads` x workers bounds how
+many stalled uploads the server absorbs before other uploads wait (reads never do); in front of
 the deploy/ nginx site nginx absorbs slow headers itself (client_header_timeout) and, with request buffering off,
 streams bodies through (client_body_timeout). TLS is nginx's: with gunicorn's own TLS (`certfile`) this worker
 behaves as gthread for the handshake.
@@ -33,6 +38,7 @@ import selectors
 import socket
 import time
 from collections import deque
+from concurrent import futures
 from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -40,6 +46,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 HEADER_MAX = 64 * 1024  # bytes of request line and headers (gunicorn's own limits apply too)
 DRAIN_BYTES = 16 * 1024 * 1024  # what is read and thrown away of a body the app did not read, at most
 DRAIN_SECONDS = 5.0
+LINGER_SECONDS, LINGER_BYTES = 2.0, 64 * 1024  # gunicorn's close_graceful's bounds, kept
 
 
 class IdleTimeoutSocket(socket.socket):
@@ -88,9 +95,25 @@ class DockyardWorker(ThreadWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.header_conns: deque = deque()  # connections whose request headers are still arriving
-        self.busy = 0  # connections handed to the thread pool and not finished
+        self.lingering: deque = deque()  # connections half-closed by us, read until the client closes too
+        self.light_pool = None  # requests without a body; self.tpool (gthread's) takes those with one
+        self.busy_light = 0
         self.header_timeout = 10.0
         self.body_timeout = 60.0
+
+    def init_process(self):
+        self.light_pool = futures.ThreadPoolExecutor(max_workers=self.cfg.threads)
+        super().init_process()
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.light_pool.shutdown(wait=False)
+
+    def handle_quit(self, sig, frame):
+        self.light_pool.shutdown(wait=False)
+        super().handle_quit(sig, frame)
 
     def load_wsgi(self):
         """The timeouts are the app's settings (`header_timeout`, `body_timeout`): the app carries its config."""
@@ -103,7 +126,7 @@ class DockyardWorker(ThreadWorker):
     # -- accepting: only with a free thread -------------------------------------------------------------------
 
     def set_accept_enabled(self, enabled):
-        super().set_accept_enabled(enabled and self.busy < self.cfg.threads)
+        super().set_accept_enabled(enabled and self.busy_light < self.cfg.threads)
 
     def accept(self, listener):
         try:
@@ -116,6 +139,7 @@ class DockyardWorker(ThreadWorker):
         if not self.cfg.is_ssl:
             client_sock = IdleTimeoutSocket.adopt(client_sock, self.body_timeout)
         conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.close = partial(self.close_conn, conn)
         if self.cfg.is_ssl:
             self.enqueue_req(conn)  # the handshake needs a thread: gthread's own way
         else:
@@ -150,6 +174,7 @@ class DockyardWorker(ThreadWorker):
             # Too long: the parser answers it (gunicorn's limit_request_* errors) from what arrived.
             self.poller.unregister(conn.sock)
             self.header_conns.remove(conn)
+            conn.has_body = _announces_body(conn.header_bytes)
             self.enqueue_req(conn)
 
     def _drop_header_conn(self, conn) -> None:
@@ -166,6 +191,45 @@ class DockyardWorker(ThreadWorker):
         now = time.monotonic()
         while self.header_conns and self.header_conns[0].timeout <= now:
             self._drop_header_conn(self.header_conns[0])
+        while self.lingering and self.lingering[0].timeout <= now:
+            self._end_linger(self.lingering[0])
+
+    # -- closing, without stopping the loop -----------------------------------------------------------------
+
+    def close_conn(self, conn, graceful: bool = False) -> None:
+        """TConn.close for this worker's connections: a graceful close half-closes and lingers in the loop."""
+        if not graceful or self.cfg.is_ssl:
+            TConn.close(conn, graceful=graceful)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            TConn.close(conn)
+            return
+        conn.timeout = time.monotonic() + LINGER_SECONDS
+        conn.lingered = 0
+        self.lingering.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_linger_readable, conn))
+
+    def on_linger_readable(self, conn, _sock) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.lingered += len(data)
+        if not data or conn.lingered >= LINGER_BYTES:
+            self._end_linger(conn)
+
+    def _end_linger(self, conn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        self.lingering.remove(conn)
+        TConn.close(conn)
 
     def on_client_socket_readable(self, conn, client):
         """A kept-alive connection's next request: its headers too are read in the loop."""
@@ -188,11 +252,17 @@ class DockyardWorker(ThreadWorker):
     # -- in a thread --------------------------------------------------------------------------------------
 
     def enqueue_req(self, conn):
-        self.busy += 1
-        super().enqueue_req(conn)
+        light = getattr(conn, "has_body", True) is False
+        conn.light = light
+        if light:
+            self.busy_light += 1
+        fs = (self.light_pool if light else self.tpool).submit(self.handle, conn)
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
     def finish_request(self, conn, fs):
-        self.busy -= 1
+        if getattr(conn, "light", False):
+            self.busy_light -= 1
+        conn.has_body = None  # the next request on this connection is judged by its own headers
         super().finish_request(conn, fs)
 
     def handle(self, conn):
@@ -211,3 +281,15 @@ class DockyardWorker(ThreadWorker):
         the answer); a body that is longer, or stalls, closes the connection."""
         drained = bool(conn.parser.finish_body(deadline=time.monotonic() + DRAIN_SECONDS, max_bytes=DRAIN_BYTES))
         return keepalive and drained
+
+
+def _announces_body(head: bytes) -> bool:
+    """Whether a request's headers announce a body: a non-zero Content-Length, or any Transfer-Encoding."""
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding:" in lowered:
+        return True
+    at = lowered.find(b"\r\ncontent-length:")
+    if at < 0:
+        return False
+    value = lowered[at + 17:lowered.find(b"\r\n", at + 17)].strip()
+    return value not in (b"", b"0")
