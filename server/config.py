@@ -47,6 +47,9 @@ class Config:
                                   "a Link header points to the rest.", minimum=1)
     io_block_size: int = _setting(1024 * 1024, "Bytes read per system call while streaming blobs in and out.",
                                   minimum=4096)
+    min_free_space: int = _setting(256 * 1024 * 1024, "Bytes uploads leave free on the data directory's filesystem "
+                                   "(at most 5% of it), so deletes and the database always have room; an upload "
+                                   "that would go below is refused with 507 INSUFFICIENT_STORAGE.", minimum=0)
     sendfile: bool = _setting(False, "Let gunicorn send blobs with sendfile(2). Off by default: on loopback a "
                               "read loop measured faster here; behind nginx use X-Accel-Redirect instead.")
     accel_redirect: str = _setting("", "Behind nginx: the `internal` location prefix aliased to the blob directory "

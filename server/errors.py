@@ -7,7 +7,8 @@ each with exactly one HTTP status: a raise site chooses the code, never the stat
 - The OCI Distribution Spec's codes (spec.md, "Error Codes").
 - Codes of the Docker V2 API and of Distribution's error registry that clients already know: TAG_INVALID,
   RANGE_INVALID, PAGINATION_NUMBER_INVALID, UNKNOWN, UNAVAILABLE.
-- Dockyard's own, for what neither names: BAD_REQUEST, NOT_FOUND (no such endpoint), TOO_LARGE.
+- Dockyard's own, for what neither names: BAD_REQUEST, NOT_FOUND (no such endpoint), TOO_LARGE,
+  INSUFFICIENT_STORAGE (507: a full disk is a condition the client is told about, not a 500).
 
 This module never imports falcon.
 """
@@ -45,6 +46,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "BAD_REQUEST": (400, "malformed request"),
     "NOT_FOUND": (404, "no such endpoint"),
     "TOO_LARGE": (413, "request body too large"),
+    "INSUFFICIENT_STORAGE": (507, "the registry's storage is full"),
 }
 
 
@@ -91,6 +93,7 @@ Unavailable = _error_class("UNAVAILABLE")
 BadRequest = _error_class("BAD_REQUEST")
 NotFound = _error_class("NOT_FOUND")
 TooLarge = _error_class("TOO_LARGE")
+InsufficientStorage = _error_class("INSUFFICIENT_STORAGE")
 
 BY_CODE: dict[str, type[RegistryError]] = {cls.code: cls for cls in RegistryError.__subclasses__()}
 # The code for each status the framework itself may answer (an unknown route, a method not allowed, ...).

@@ -116,7 +116,7 @@ class Registry:
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)  # re-read under the lock: another worker may have moved it
             self._check_range(session, body)
-            self._check_quota_room(name, session.length + (body.length or 0))
+            self._check_room(name, session.length, body)
             self._append(session, body)
             return session
 
@@ -130,6 +130,7 @@ class Registry:
             session = self._session(name, session_id)
             if body.length or body.length is None:
                 self._check_range(session, body)
+                self._check_room(name, session.length, body)
                 self._append(session, body)
             stored = self._commit(session, parsed)
         return self._record(name, stored, session_id)
@@ -144,7 +145,7 @@ class Registry:
     def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None) -> StoredBlob:
         """POST ...?digest= with the whole blob as the body: a session of one request."""
         parsed = parse_digest(digest)
-        self._check_quota_room(name, body.length or 0)
+        self._check_room(name, 0, body)
         session_id = self._new_id()
         self._metadata.create_upload(name, session_id, monolithic=True, owner=owner, limits=self.upload_limits)
         session = UploadSession(session_id, name, UploadState(), 0.0, 0.0, monolithic=True)
@@ -212,6 +213,12 @@ class Registry:
 
     def quotas_for(self, name: str) -> tuple[Quota, ...]:
         return tuple(q for q in self.quotas if q.applies_to(name))
+
+    def _check_room(self, name: str, stored: int, body: Body) -> None:
+        """Refuse a body before reading it when it cannot fit: in a quota (the commit re-checks exactly, inside
+        its transaction) or in the store."""
+        self._check_quota_room(name, stored + (body.length or 0))
+        self._store.room_for(body.length or 0)
 
     def _check_quota_room(self, name: str, incoming: int) -> None:
         """Refuse a body early when it cannot fit (the commit re-checks exactly, inside its transaction)."""

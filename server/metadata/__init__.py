@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadLimits,
                      UploadSession, UploadState)
-from ..errors import TooManyRequests
+from ..errors import TooManyRequests, Unsupported
 from ..quotas import Quota
 
 
@@ -123,7 +123,9 @@ class Metadata(ABC):
         """Link a blob readable in `source` into `repository`; None when `source` cannot read it."""
 
     @abstractmethod
-    def unlink_blob(self, repository: str, digest: str, *, events: Sequence[NewEvent] = ()) -> bool: ...
+    def unlink_blob(self, repository: str, digest: str, *, events: Sequence[NewEvent] = ()) -> bool:
+        """Make a blob unreadable in `repository`; UNSUPPORTED while a manifest of the repository uses it (its
+        pulls would break: delete the manifest first); False when it was not readable there."""
 
     # -- upload sessions -----------------------------------------------------------------------------------------
 
@@ -245,6 +247,13 @@ def too_many_sessions(scope: str, limit: int) -> TooManyRequests:
                             "limit": limit}, headers={"Retry-After": "60"},
                            message=f"too many open upload sessions: a {scope} may have {limit}; finish or cancel "
                                    "some, or wait for idle ones to expire")
+
+
+def blob_in_use(digest: str, manifests: list[str]) -> Unsupported:
+    """The refusal of a blob delete while manifests of the repository use the blob, the same from every driver."""
+    return Unsupported({"digest": digest, "used_by": manifests,
+                        "reason": "manifests of this repository use the blob: delete them first"},
+                       message="the blob is used by a manifest of this repository; delete the manifest first")
 
 
 def open_metadata(config, *, clock: Callable[[], float]) -> Metadata:
