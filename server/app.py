@@ -60,16 +60,18 @@ def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception,
 
 
 def build_registry(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None,
-                   clock: Callable[[], float] | None = None,
-                   new_id: Callable[[], str] = new_session_id) -> Registry:
-    """The registry on its configured store and metadata, made consistent after a crash."""
+                   clock: Callable[[], float] | None = None, new_id: Callable[[], str] = new_session_id,
+                   recover: bool = True) -> Registry:
+    """The registry on its configured store and metadata, made consistent after a crash (unless `recover` is
+    false: `dockyard fsck` wants to see what a crash left)."""
     config.data_path.mkdir(parents=True, exist_ok=True)
     clock = clock or time.time
     registry = Registry(config, store or open_store(config), metadata or open_metadata(config, clock=clock),
                         clock=clock, new_id=new_id)
-    recovered = registry.recover()
-    if any(recovered.values()):
-        log.warning("recovered after an unclean stop: %s", recovered)
+    if recover:
+        recovered = registry.recover()
+        if any(recovered.values()):
+            log.warning("recovered after an unclean stop: %s", recovered)
     return registry
 
 

@@ -51,9 +51,35 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"blob {digest}")
     print(f"{verb} {report.manifests_removed} manifests and {report.blobs_removed} blobs, "
           f"{report.bytes_freed} bytes freed ({_human(report.bytes_freed)}); {report.links_removed} unused links, "
-          f"{report.uploads_purged} expired uploads, {report.orphan_files_removed} orphan files; "
+          f"{report.uploads_purged} expired or abandoned uploads ({_human(report.upload_bytes_freed)}), "
+          f"{report.orphan_files_removed} orphan files ({_human(report.orphan_bytes_freed)}); "
           f"{report.seconds:.2f}s")
     return 0
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    import json
+
+    from .app import build_registry
+
+    config = load_config(args.config, overrides={"data": args.data})
+    if not config.data_path.joinpath("registry.db").exists():
+        print(f"dockyard fsck: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
+        return 2
+    registry = build_registry(config, recover=False)
+    report = registry.fsck(repair=args.repair, verify_digests=args.verify_digests, grace=args.grace)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for problem in report.problems:
+            print(f"{problem.kind}: {problem.subject}: {problem.detail}{' (repaired)' if problem.repaired else ''}")
+        print(f"checked {report.blobs_checked} blobs, {report.objects_checked} stored objects, "
+              f"{report.uploads_checked} upload sessions"
+              + (f", verified {report.digests_verified} digests" if args.verify_digests else "")
+              + f": {len(report.problems)} problems"
+              + (f", {sum(p.repaired for p in report.problems)} repaired" if args.repair else "")
+              + f"; {report.seconds:.2f}s")
+    return 0 if report.clean else 1
 
 
 def _human(size: int) -> str:
@@ -174,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "live manifest)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(func=_gc)
+    check_store = commands.add_parser("fsck", help="check that the metadata and the blob store agree, both "
+                                                   "ways; exit 1 when they do not")
+    check_store.add_argument("--data", help="data directory (default ./data, as for serve)")
+    check_store.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    check_store.add_argument("--repair", action="store_true",
+                             help="fix what is safe on a running registry: forget rows whose bytes are gone, delete "
+                                  "stored objects and upload data nothing names, finish interrupted deletes")
+    check_store.add_argument("--verify-digests", action="store_true",
+                             help="also read every blob and check its digest")
+    check_store.add_argument("--grace", type=int, metavar="SECONDS",
+                             help="leave stored objects younger than this alone (a commit may be a moment from its "
+                                  "row; default: gc_grace)")
+    check_store.add_argument("--json", action="store_true", help="print the report as JSON")
+    check_store.set_defaults(func=_fsck)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")

@@ -19,6 +19,7 @@ from .cache import BoundedCache
 from .config import Config
 from .errors import (BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestUnknown, NameUnknown,
                      RangeInvalid, RegistryError, TagInvalid)
+from .fsck import FsckReport, fsck
 from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata
@@ -370,9 +371,14 @@ class Registry:
         return self._gc.run_if_due(self.config.gc_interval, grace=self.config.gc_grace,
                                    delete_untagged=self.config.gc_delete_untagged)
 
-    def purge_uploads(self) -> int:
-        """Expired upload sessions and upload data no session records go; how many."""
+    def purge_uploads(self) -> tuple[int, int]:
+        """Expired upload sessions and upload data no session records go: (how many, bytes freed)."""
         return self._gc.purge_uploads()
+
+    def fsck(self, *, repair: bool = False, verify_digests: bool = False, grace: float | None = None) -> FsckReport:
+        """Whether the metadata and the blob store agree both ways (see `fsck`); with `repair`, what is safe."""
+        return fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
+                    grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
 
     def recover(self) -> dict:
         """After an unclean stop: finish interrupted deletes, drop upload data no session records."""

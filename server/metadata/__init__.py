@@ -224,6 +224,20 @@ class Metadata(ABC):
         """Every blob row (for fsck)."""
 
     @abstractmethod
+    def forget_blob(self, digest: str) -> None:
+        """Forget a blob whose bytes are gone (fsck --repair): its row and every repository's link to it, so the
+        same content pushed again is stored afresh. Manifests that use it are left to report."""
+
+    @abstractmethod
+    def upload_sessions(self) -> Iterator[UploadSession]:
+        """Every upload session (for fsck)."""
+
+    @abstractmethod
+    def broken_references(self) -> list[tuple[str, str, str]]:
+        """(kind, subject, detail) of every reference that points nowhere: a tag naming no manifest of its
+        repository, a manifest without its bytes, a manifest naming a blob or child its repository does not hold."""
+
+    @abstractmethod
     def lock(self, name: str, *, blocking: bool = True) -> AbstractContextManager[bool]:
         """An exclusive lock shared by every process using this metadata (garbage collection, upload purge): the
         context's value says whether it is held (always True when `blocking`)."""

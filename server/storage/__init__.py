@@ -33,7 +33,10 @@ step leaves state that a crash at any point can be recovered from:
    and are carried out by the next collection (and at start-up).
 4. Orphans: a stored object whose key no blob row and no pending delete names, and an upload session whose id no
    session row names, is garbage. Because of 1 and 2, nothing live ever looks like that: garbage collection and
-   `dockyard fsck --repair` remove them.
+   `dockyard fsck --repair` remove them. A key tells which session stored it (`session_of`): an unknown object
+   whose session row is still there is a commit in flight (or one a crash interrupted, which becomes garbage when
+   the session is purged), never touched; one whose session is gone is garbage at any age. To judge, the session
+   rows are read *before* the blob rows: a commit moves a key from one to the other in one transaction.
 
 This package never imports falcon: failures are the domain errors of `..errors`.
 """
@@ -72,8 +75,9 @@ class BlobStore(ABC):
         """Verify the session's content against `digest` and store it durably under a new key."""
 
     @abstractmethod
-    def abort_upload(self, session_id: str, state: UploadState | None = None) -> None:
-        """Throw a session's bytes away (cancelled, expired, failed, or committed as redundant). Idempotent."""
+    def abort_upload(self, session_id: str, state: UploadState | None = None) -> int:
+        """Throw a session's bytes away (cancelled, expired, failed, or committed as redundant); how many bytes that
+        freed, as far as the driver can tell. Idempotent."""
 
     def upload_lock(self, session_id: str) -> ContextManager:
         """Serialise the requests of one session where the driver can (the metadata's check on the recorded length
@@ -111,6 +115,11 @@ class BlobStore(ABC):
     @abstractmethod
     def iterate(self) -> Iterator[StoredObject]:
         """Every blob the store holds (for garbage collection and fsck)."""
+
+    def session_of(self, key: str) -> str | None:
+        """The upload session whose commit stored `key` (keys are made per session), or None for a key of
+        another shape (a blob stored before keys were per session)."""
+        return None
 
     def redirect(self, key: str, digest: str, size: int) -> Redirect | None:
         """How a download of `key` leaves without passing through Python, when the driver is configured for it
