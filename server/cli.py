@@ -1,4 +1,4 @@
-"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user` manage it."""
+"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate` manage it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
+from .errors import Unavailable
+from .metadata.postgres_schema import SchemaError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -15,6 +17,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .serving import gunicorn_settings
 
     config = load_config(args.config, overrides={"bind": args.bind, "data": args.data, "workers": args.workers})
+    # Built before gunicorn starts (preload_app builds it once in the master anyway): a database that is down or
+    # a schema this release cannot use stops `serve` with a message, not a traceback.
+    app = create_app(config)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -24,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            return create_app(config)
+            return app
 
     Server().run()
     return 0
@@ -36,7 +41,7 @@ def _gc(args: argparse.Namespace) -> int:
     from .app import build_registry
 
     config = load_config(args.config, overrides={"data": args.data})
-    if not config.data_path.joinpath("registry.db").exists():
+    if not config.database and not config.data_path.joinpath("registry.db").exists():
         print(f"dockyard gc: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
         return 2
     registry = build_registry(config)
@@ -53,6 +58,24 @@ def _gc(args: argparse.Namespace) -> int:
           f"{report.bytes_freed} bytes freed ({_human(report.bytes_freed)}); {report.links_removed} unused links, "
           f"{report.uploads_purged} expired uploads, {report.orphan_files_removed} orphan files; "
           f"{report.seconds:.2f}s")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import time
+
+    from .metadata import open_metadata
+
+    config = load_config(args.config, overrides={"data": args.data, "database": args.database})
+    if not config.database:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+    metadata = open_metadata(config, clock=time.time, check_schema=False)
+    try:
+        applied = metadata.migrate()
+    finally:
+        metadata.close()
+    names = ", ".join(applied or ())
+    print(f"dockyard migrate: {metadata.driver}: " + (f"applied {names}" if names else "the schema is up to date"))
     return 0
 
 
@@ -137,6 +160,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if name == "middleware":
             continue
         value = getattr(config, name)
+        if name == "database":
+            from .metadata import redact
+            value = redact(value)
         shown = str(value).lower() if isinstance(value, bool) else json.dumps(value) if isinstance(value, (str, int)) \
             else repr(value)
         print(f"{name} = {shown}")
@@ -174,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "live manifest)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(func=_gc)
+    migrate = commands.add_parser("migrate", help="create or upgrade the metadata database's schema (PostgreSQL: "
+                                                  "run once per upgrade, before or while nodes restart)")
+    migrate.add_argument("--data", help="data directory (default ./data, as for serve)")
+    migrate.add_argument("--database", help="database URL (default: the `database` setting)")
+    migrate.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    migrate.set_defaults(func=_migrate)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")
@@ -194,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dockyard: configuration error: {exc}", file=sys.stderr)
         return 2
+    except SchemaError as exc:
+        print(f"dockyard: database schema: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:
+        print(f"dockyard: {exc.message}: {exc.detail.get('database') if isinstance(exc.detail, dict) else ''}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
