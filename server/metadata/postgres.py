@@ -273,7 +273,10 @@ class PostgresMetadata(Metadata):
                     except psycopg.OperationalError:
                         if committing or last or not conn.broken:
                             raise
-                        continue  # a stale connection (PostgreSQL restarted): once more on a fresh one
+                # A stale connection (PostgreSQL restarted): its idle siblings are most likely dead too. Test them
+                # (the pool replaces those that fail), then once more on a fresh connection.
+                pool.check()
+                continue
             except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
                     psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation):
                 if last or write is None:
