@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian 12 machine, then run the whole suite.
 #   bash tests/run.sh [pytest arguments]
+# Without arguments: the whole suite, then tests/server and tests/middleware again on PostgreSQL (--metadata).
 # Debian packages: the real clients and servers the end-to-end tests drive. Python packages: into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,11 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[test,tui,postgresql]'
 
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+# The whole suite, then the WSGI-level tests once more with PostgreSQL as the metadata backend (not e2e).
+status=0
+.venv/bin/python -m pytest || status=$?
+.venv/bin/python -m pytest -q tests/server tests/middleware --metadata=postgresql || status=$?
+exit $status
