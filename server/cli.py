@@ -1,4 +1,5 @@
-"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate` manage it."""
+"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate`, `migrate-metadata`
+manage it."""
 
 from __future__ import annotations
 
@@ -76,6 +77,27 @@ def _migrate(args: argparse.Namespace) -> int:
         metadata.close()
     names = ", ".join(applied or ())
     print(f"dockyard migrate: {metadata.driver}: " + (f"applied {names}" if names else "the schema is up to date"))
+    return 0
+
+
+def _migrate_metadata(args: argparse.Namespace) -> int:
+    from .metadata import redact
+    from .metadata.transfer import TransferError, copy_sqlite_to_postgres
+
+    def progress(table: str, rows: int) -> None:
+        print(f"  {table}: {rows} rows", file=sys.stderr)
+
+    try:
+        report = copy_sqlite_to_postgres(args.source, args.target, replace=args.replace, batch=args.batch,
+                                         progress=progress if args.verbose else None)
+    except TransferError as exc:
+        print(f"dockyard migrate-metadata: {exc}; the target is unchanged", file=sys.stderr)
+        return 2
+    if not report.source_read_only:
+        print("dockyard migrate-metadata: warning: the source registry was not in read-only mode; anything written "
+              "to it after the copy started is not in the target", file=sys.stderr)
+    copied = ", ".join(f"{rows} {table}" for table, rows in report.rows.items())
+    print(f"copied {copied} into {redact(args.target)}")
     return 0
 
 
@@ -206,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--database", help="database URL (default: the `database` setting)")
     migrate.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
     migrate.set_defaults(func=_migrate)
+    move = commands.add_parser("migrate-metadata", help="copy a registry's SQLite metadata into PostgreSQL, all or "
+                                                          "nothing (switch the registry to read-only first)")
+    move.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH", help="the SQLite database")
+    move.add_argument("--to", dest="target", required=True, metavar="postgresql://...",
+                      help="the PostgreSQL database (migrated first if needed)")
+    move.add_argument("--replace", action="store_true", help="empty a target that already holds data first")
+    move.add_argument("--batch", type=int, default=5000, help="rows read and written at a time (default 5000)")
+    move.add_argument("--verbose", action="store_true", help="print progress per table")
+    move.set_defaults(func=_migrate_metadata)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")
