@@ -247,9 +247,10 @@ class PostgresMetadata(Metadata):
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
 
-    def _run(self, body: Callable[[Any], T], *, write: str | None = None) -> T:
-        """Run `body(cursor)` on a pooled connection: alone (a read) or in a transaction opened by `write` (the
-        BEGIN statement), retried on a broken connection, a deadlock, a serialization or a constraint race."""
+    def _run(self, body: Callable[[Any], T], *, write: str | None = None, retry: bool = False) -> T:
+        """Run `body(cursor)` on a pooled connection: alone (a read, or a write of one statement) or in a
+        transaction opened by `write` (the BEGIN statement). Retried on a broken connection; a transaction (or a
+        single statement with `retry`) also on a deadlock, a serialization failure or a constraint race."""
         for attempt in range(ATTEMPTS):
             last = attempt == ATTEMPTS - 1
             try:
@@ -278,8 +279,9 @@ class PostgresMetadata(Metadata):
                 pool.check()
                 continue
             except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
-                    psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation):
-                if last or write is None:
+                    psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation,
+                    psycopg.errors.NotNullViolation):
+                if last or (write is None and not retry):
                     raise
                 time.sleep(0.001 * (attempt + 1))
             except PoolTimeout as exc:
@@ -443,13 +445,14 @@ class PostgresMetadata(Metadata):
             now = self._clock()
             repository_id = self._ensure_repository(cur, repository)
             self._check_quotas(cur, quotas, blob.digest, blob.size)
-            if session_id is not None:
-                cur.execute("DELETE FROM uploads WHERE id = %s", (session_id,))
-            # Inserted, or the key already stored for the digest (the statement waits for a racing insert).
-            cur.execute("WITH new AS (INSERT INTO blobs (digest, size, created_at, key) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT (digest) DO NOTHING RETURNING key) "
-                        "SELECT key, TRUE FROM new UNION ALL SELECT key, FALSE FROM blobs WHERE digest = %s",
-                        (blob.digest, blob.size, now, blob.key, blob.digest))
+            # The session closes, and the blob is inserted, or the key already stored for the digest found (the
+            # statement waits for a racing insert of the same digest).
+            cur.execute("WITH closed AS (DELETE FROM uploads WHERE id = %(session)s), "
+                        "new AS (INSERT INTO blobs (digest, size, created_at, key) "
+                        "VALUES (%(digest)s, %(size)s, %(now)s, %(key)s) ON CONFLICT (digest) DO NOTHING RETURNING key) "
+                        "SELECT key, TRUE FROM new UNION ALL SELECT key, FALSE FROM blobs WHERE digest = %(digest)s",
+                        {"session": session_id, "digest": blob.digest, "size": blob.size, "now": now,
+                         "key": blob.key})
             row = cur.fetchone()
             if row is None:  # inserted and committed by another transaction after this statement's snapshot
                 cur.execute("SELECT key, FALSE FROM blobs WHERE digest = %s", (blob.digest,))
@@ -489,10 +492,17 @@ class PostgresMetadata(Metadata):
     def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False) -> None:
         def body(cur):
             now = self._clock()
-            repository_id = self._ensure_repository(cur, repository)
-            cur.execute("INSERT INTO uploads (id, repository_id, length, state, created_at, updated_at, monolithic) "
-                        "VALUES (%s, %s, 0, NULL, %s, %s, %s)", (session_id, repository_id, now, now, monolithic))
-        self._write(body)
+            # One statement, so atomic without BEGIN/COMMIT: the repository (created if new) and the session. A
+            # repository created by a racing transaction after this statement's snapshot leaves the id NULL: the
+            # NOT NULL violation runs it again, and then it is seen.
+            cur.execute("WITH new AS (INSERT INTO repositories (name, created_at) VALUES (%(name)s, %(now)s) "
+                        "ON CONFLICT (name) DO NOTHING RETURNING id) "
+                        "INSERT INTO uploads (id, repository_id, length, state, created_at, updated_at, monolithic) "
+                        "VALUES (%(id)s, COALESCE((SELECT id FROM new), "
+                        "(SELECT id FROM repositories WHERE name = %(name)s)), 0, NULL, %(now)s, %(now)s, "
+                        "%(monolithic)s)",
+                        {"name": repository, "now": now, "id": session_id, "monolithic": monolithic})
+        self._run(body, retry=True)
 
     def upload(self, repository: str, session_id: str) -> UploadSession | None:
         def body(cur):
