@@ -31,9 +31,9 @@ def _setting(default: Any, help: str, *, minimum: int | None = None, choices: tu
 class Config:
     bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
     data: str = _setting("./data", "Data directory: the SQLite database (registry.db) and the blobs.")
-    database: str = _setting("", "The metadata database, a URL: `sqlite:///PATH` (three slashes and a relative path, four "
-                             "for an absolute one) or `postgresql://USER:PASSWORD@HOST:PORT/DB`. Empty: "
-                             "`<data>/registry.db`.")
+    database: str = _setting("", "The metadata database, a URL: `sqlite:///PATH` (three slashes and a relative "
+                             "path, four for an absolute one) or `postgresql://USER:PASSWORD@HOST:PORT/DB`. "
+                             "Empty: `<data>/registry.db`.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
     threads: int = _setting(8, "Threads per worker (gthread); blob transfers hold one each.", minimum=1)
     timeout: int = _setting(120, "Seconds a silent worker may stay unresponsive before gunicorn restarts it.",

@@ -153,7 +153,8 @@ SELECT ((SELECT COALESCE(SUM(m.size), 0) FROM manifests m
           WHERE m.repository_id = %(repository)s AND m.digest IN (SELECT digest FROM tree))
       + (SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN (
             SELECT r.child FROM manifest_references r
-             WHERE r.repository_id = %(repository)s AND r.kind = 'blob' AND r.digest IN (SELECT digest FROM tree))))::BIGINT
+             WHERE r.repository_id = %(repository)s AND r.kind = 'blob'
+               AND r.digest IN (SELECT digest FROM tree))))::BIGINT
 """
 TAG_PAGE = """
 SELECT t.name, t.digest, m.media_type, t.updated_at FROM tags t
@@ -237,7 +238,8 @@ class PostgresMetadata(Metadata):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         log.warning("database unavailable: %s", text)
-        return Unavailable({"database": text}, message="the database is unavailable", headers={"Retry-After": RETRY_AFTER})
+        return Unavailable({"database": text}, message="the database is unavailable",
+                           headers={"Retry-After": RETRY_AFTER})
 
     def _direct_connection(self):
         """A connection of its own, outside the pool (migrations, checks, `lock`)."""
@@ -449,7 +451,8 @@ class PostgresMetadata(Metadata):
             # statement waits for a racing insert of the same digest).
             cur.execute("WITH closed AS (DELETE FROM uploads WHERE id = %(session)s), "
                         "new AS (INSERT INTO blobs (digest, size, created_at, key) "
-                        "VALUES (%(digest)s, %(size)s, %(now)s, %(key)s) ON CONFLICT (digest) DO NOTHING RETURNING key) "
+                        "VALUES (%(digest)s, %(size)s, %(now)s, %(key)s) "
+                        "ON CONFLICT (digest) DO NOTHING RETURNING key) "
                         "SELECT key, TRUE FROM new UNION ALL SELECT key, FALSE FROM blobs WHERE digest = %(digest)s",
                         {"session": session_id, "digest": blob.digest, "size": blob.size, "now": now,
                          "key": blob.key})
@@ -654,7 +657,8 @@ class PostgresMetadata(Metadata):
             descriptors.append(descriptor)
         return descriptors
 
-    def delete_repository(self, name: str, *, events: Sequence[NewEvent] = ()) -> tuple[dict, list[UploadSession]] | None:
+    def delete_repository(self, name: str, *,
+                          events: Sequence[NewEvent] = ()) -> tuple[dict, list[UploadSession]] | None:
         def body(cur):
             # The row lock first: a push racing the delete either finishes before it or fails and is retried.
             cur.execute("SELECT id FROM repositories WHERE name = %s FOR UPDATE", (name,))

@@ -14,7 +14,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import webtest
 
 from dockyard.server.app import create_app
