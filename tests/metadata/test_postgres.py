@@ -3,10 +3,12 @@ and its password), and a pool that turns a database going away into 503s and rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 
+import psycopg
 import pytest
 import webtest
 
@@ -15,7 +17,7 @@ from dockyard.server.app import create_app
 from dockyard.server.config import Config, ConfigError, load_config
 from dockyard.server.errors import Unavailable
 from dockyard.server.metadata import open_metadata
-from dockyard.server.metadata.postgres import PostgresMetadata, split_url
+from dockyard.server.metadata.postgres import DOCKYARD, GC_KEY, PostgresMetadata, split_url
 from dockyard.server.metadata.postgres_schema import CURRENT, MIGRATIONS, Migration, SchemaError, check_version
 from dockyard.server.model import StoredBlob
 from helpers import image_manifest, put_manifest
@@ -35,8 +37,6 @@ def empty_url(postgresql) -> str:
 
 
 def versions(url: str) -> list[int]:
-    import psycopg
-
     with psycopg.connect(split_url(url)[0]) as conn:
         return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
@@ -185,3 +185,19 @@ def test_a_restarted_database_gives_503_then_the_pool_recovers(new_postgresql_se
     assert client.get("/v2/repo/tags/list").json["tags"] == ["v1", "v2"]
     assert "pw-never-shown" not in caplog.text
     app.registry.close()
+
+
+def test_a_statement_timeout_is_a_503_not_a_hung_worker(postgresql, postgresql_url, tmp_path):
+    """A push waiting longer than `statement_timeout` (here behind a garbage-collection step that holds the
+    exclusive lock) gives up with 503 and Retry-After; once the step commits, pushes go through again."""
+    client = webtest.TestApp(create_app(Config(data=str(tmp_path / "data"),
+                                               database=postgresql_url + "&statement_timeout=300")))
+    digest = "sha256:" + hashlib.sha256(b"blob").hexdigest()
+    with psycopg.connect(split_url(postgresql_url)[0]) as sweep:
+        sweep.execute("SELECT pg_advisory_xact_lock(%s, %s)", (DOCKYARD, GC_KEY))
+        started = time.monotonic()
+        resp = client.post(f"/v2/repo/blobs/uploads/?digest={digest}", b"blob", status=503)
+        assert resp.headers["Retry-After"] == "5" and resp.json["errors"][0]["code"] == "UNAVAILABLE"
+        assert time.monotonic() - started < 5
+    client.post(f"/v2/repo/blobs/uploads/?digest={digest}", b"blob", status=201)
+    client.app.registry.close()
