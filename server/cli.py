@@ -1,4 +1,5 @@
-"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user` manage it."""
+"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate`, `migrate-metadata`
+manage it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
+from .errors import Unavailable
+from .metadata.postgres_schema import SchemaError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -15,6 +18,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .serving import gunicorn_settings
 
     config = load_config(args.config, overrides={"bind": args.bind, "data": args.data, "workers": args.workers})
+    # Built before gunicorn starts (preload_app builds it once in the master anyway): a database that is down or
+    # a schema this release cannot use stops `serve` with a message, not a traceback.
+    app = create_app(config)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -24,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            return create_app(config)
+            return app
 
     Server().run()
     return 0
@@ -36,7 +42,7 @@ def _gc(args: argparse.Namespace) -> int:
     from .app import build_registry
 
     config = load_config(args.config, overrides={"data": args.data})
-    if not config.data_path.joinpath("registry.db").exists():
+    if not config.database and not config.data_path.joinpath("registry.db").exists():
         print(f"dockyard gc: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
         return 2
     registry = build_registry(config)
@@ -63,7 +69,7 @@ def _fsck(args: argparse.Namespace) -> int:
     from .app import build_registry
 
     config = load_config(args.config, overrides={"data": args.data})
-    if not config.data_path.joinpath("registry.db").exists():
+    if not config.database and not config.data_path.joinpath("registry.db").exists():
         print(f"dockyard fsck: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
         return 2
     registry = build_registry(config, recover=False)
@@ -80,6 +86,45 @@ def _fsck(args: argparse.Namespace) -> int:
               + (f", {sum(p.repaired for p in report.problems)} repaired" if args.repair else "")
               + f"; {report.seconds:.2f}s")
     return 0 if report.clean else 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import time
+
+    from .metadata import open_metadata
+
+    config = load_config(args.config, overrides={"data": args.data, "database": args.database})
+    if not config.database:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+    metadata = open_metadata(config, clock=time.time, check_schema=False)
+    try:
+        applied = metadata.migrate()
+    finally:
+        metadata.close()
+    names = ", ".join(applied or ())
+    print(f"dockyard migrate: {metadata.driver}: " + (f"applied {names}" if names else "the schema is up to date"))
+    return 0
+
+
+def _migrate_metadata(args: argparse.Namespace) -> int:
+    from .metadata import redact
+    from .metadata.transfer import TransferError, copy_sqlite_to_postgres
+
+    def progress(table: str, rows: int) -> None:
+        print(f"  {table}: {rows} rows", file=sys.stderr)
+
+    try:
+        report = copy_sqlite_to_postgres(args.source, args.target, replace=args.replace, batch=args.batch,
+                                         progress=progress if args.verbose else None)
+    except TransferError as exc:
+        print(f"dockyard migrate-metadata: {exc}; the target is unchanged", file=sys.stderr)
+        return 2
+    if not report.source_read_only:
+        print("dockyard migrate-metadata: warning: the source registry was not in read-only mode; anything written "
+              "to it after the copy started is not in the target", file=sys.stderr)
+    copied = ", ".join(f"{rows} {table}" for table, rows in report.rows.items())
+    print(f"copied {copied} into {redact(args.target)}")
+    return 0
 
 
 def _human(size: int) -> str:
@@ -163,6 +208,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if name == "middleware":
             continue
         value = getattr(config, name)
+        if name == "database":
+            from .metadata import redact
+            value = redact(value)
         shown = str(value).lower() if isinstance(value, bool) else json.dumps(value) if isinstance(value, (str, int)) \
             else repr(value)
         print(f"{name} = {shown}")
@@ -214,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
                                   "row; default: gc_grace)")
     check_store.add_argument("--json", action="store_true", help="print the report as JSON")
     check_store.set_defaults(func=_fsck)
+    migrate = commands.add_parser("migrate", help="create or upgrade the metadata database's schema (PostgreSQL: "
+                                                  "run once per upgrade, before or while nodes restart)")
+    migrate.add_argument("--data", help="data directory (default ./data, as for serve)")
+    migrate.add_argument("--database", help="database URL (default: the `database` setting)")
+    migrate.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    migrate.set_defaults(func=_migrate)
+    move = commands.add_parser("migrate-metadata", help="copy a registry's SQLite metadata into PostgreSQL, all or "
+                                                          "nothing (switch the registry to read-only first)")
+    move.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH", help="the SQLite database")
+    move.add_argument("--to", dest="target", required=True, metavar="postgresql://...",
+                      help="the PostgreSQL database (migrated first if needed)")
+    move.add_argument("--replace", action="store_true", help="empty a target that already holds data first")
+    move.add_argument("--batch", type=int, default=5000, help="rows read and written at a time (default 5000)")
+    move.add_argument("--verbose", action="store_true", help="print progress per table")
+    move.set_defaults(func=_migrate_metadata)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")
@@ -234,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dockyard: configuration error: {exc}", file=sys.stderr)
         return 2
+    except SchemaError as exc:
+        print(f"dockyard: database schema: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:
+        print(f"dockyard: {exc.message}: {exc.detail.get('database') if isinstance(exc.detail, dict) else ''}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def _setting(default: Any, help: str, *, minimum: int | None = None, choices: tu
 class Config:
     bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
     data: str = _setting("./data", "Data directory: the SQLite database (registry.db) and the blobs.")
+    database: str = _setting("", "The metadata database, a URL: `sqlite:///PATH` (three slashes and a relative "
+                             "path, four for an absolute one) or `postgresql://USER:PASSWORD@HOST:PORT/DB`. "
+                             "Empty: `<data>/registry.db`.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
     threads: int = _setting(64, "Threads per worker; a request holds one while it runs (a blob transfer for as long as "
                             "it takes), idle connections and request headers hold none.", minimum=1)
@@ -88,6 +91,9 @@ class Config:
             TrustedProxies.parse(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"setting 'trusted_proxies': {exc}") from None
+        if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            # Never echo the value: a URL may hold a password.
+            raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")
 
     @property
     def data_path(self) -> Path:

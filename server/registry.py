@@ -99,6 +99,7 @@ class Registry:
         session_id = self._new_id()
         # The row first: the store never holds bytes nobody records.
         self._metadata.create_upload(name, session_id, owner=owner, limits=self.upload_limits)
+        now = self.clock()
         try:
             state = self._store.open_upload(session_id)
             if state != UploadState():
@@ -106,16 +107,15 @@ class Registry:
         except BaseException:
             self._metadata.delete_upload(session_id)
             raise
-        return self._session(name, session_id)
+        return UploadSession(session_id, name, state, now, now)
 
     def upload_status(self, name: str, session_id: str) -> UploadSession:
         return self._session(name, session_id)
 
     def append_upload(self, name: str, session_id: str, body: Body) -> UploadSession:
         """A PATCH: append the body to the session, in order."""
-        self._session(name, session_id)
         with self._store.upload_lock(session_id):
-            session = self._session(name, session_id)  # re-read under the lock: another worker may have moved it
+            session = self._session(name, session_id)  # read under the lock: another worker may have moved it
             self._check_range(session, body)
             self._check_room(name, session.length, body)
             self._append(session, body)
@@ -123,8 +123,8 @@ class Registry:
 
     def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body) -> StoredBlob:
         """The closing PUT: append an optional last chunk, verify the digest, commit the blob."""
-        self._session(name, session_id)
         if not digest:
+            self._session(name, session_id)  # an unknown session is 404 before a missing digest is 400
             raise DigestInvalid({"reason": "the closing PUT needs ?digest="}, message="digest missing")
         parsed = parse_digest(digest)
         with self._store.upload_lock(session_id):
@@ -137,7 +137,6 @@ class Registry:
         return self._record(name, stored, session_id)
 
     def cancel_upload(self, name: str, session_id: str) -> None:
-        self._session(name, session_id)
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)
             self._metadata.delete_upload(session_id)

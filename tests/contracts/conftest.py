@@ -29,12 +29,18 @@ def filesystem_store(tmp_path, block_size: int):
     return FilesystemStore(tmp_path / "store", block_size=block_size)
 
 
-def sqlite_metadata(tmp_path, clock):
+def sqlite_metadata(request, tmp_path, clock):
     return SqliteMetadata(tmp_path / "registry.db", clock=clock)
 
 
+def postgresql_metadata(request, tmp_path, clock):
+    from dockyard.server.metadata.postgres import PostgresMetadata
+
+    return PostgresMetadata(request.getfixturevalue("postgresql_url"), clock=clock)
+
+
 BLOB_STORES = {"filesystem": filesystem_store}
-METADATA = {"sqlite": sqlite_metadata}
+METADATA = {"postgresql": postgresql_metadata, "sqlite": sqlite_metadata}
 
 
 @pytest.fixture(params=sorted(BLOB_STORES))
@@ -65,6 +71,6 @@ def clock():
 
 @pytest.fixture(params=sorted(METADATA))
 def metadata(request, tmp_path, clock):
-    md = METADATA[request.param](tmp_path, clock)
+    md = METADATA[request.param](request, tmp_path, clock)
     yield md
     md.close()

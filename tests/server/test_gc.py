@@ -4,6 +4,7 @@ read-only mode (issue 4). Three regression tests name the Distribution issues wh
 import io
 import json
 import os
+import time
 
 import pytest
 import webtest
@@ -11,7 +12,7 @@ import webtest
 from dockyard.server.app import create_app
 from dockyard.server.bodies import StreamSource
 from dockyard.server.config import Config
-from dockyard.server.metadata.sqlite import SqliteMetadata
+from dockyard.server.metadata import open_metadata
 from dockyard.server.names import parse_digest
 from dockyard.server.storage.filesystem import FilesystemStore
 from helpers import OCI_INDEX, OCI_MANIFEST, digest_of, image_manifest, push_blob, put_manifest
@@ -275,7 +276,7 @@ def test_crash_leftovers_are_reconciled(config):
     start: a pending delete whose bytes are still stored is carried out; upload data no session records goes; and
     then a stored object of a session that is gone (a crash between the store's commit and the metadata's); a live
     blob is untouched by all of it."""
-    store, metadata = FilesystemStore(config.data_path), SqliteMetadata(config.data_path / "registry.db")
+    store, metadata = FilesystemStore(config.data_path), open_metadata(config, clock=time.time)
     client = webtest.TestApp(create_app(config, store=store, metadata=metadata))
     put_manifest(client, "repo", "v1", image_manifest(client, "repo", layers=[b"kept layer"]))
     doomed = push_blob(client, "repo", b"doomed blob")
