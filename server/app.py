@@ -35,6 +35,7 @@ from .serving import metrics_directory
 from .storage import BlobStore, open_store
 
 log = logging.getLogger("dockyard")
+LISTING_CACHE_BYTES = 8 * 1024 * 1024  # tags/list and _catalog pages, per worker (see registry.MANIFEST_CACHE_BYTES)
 
 
 def _registry_error(req: falcon.Request, resp: falcon.Response, ex: RegistryError, params) -> None:
@@ -109,7 +110,7 @@ def create_app(config: Config, *, store: BlobStore | None = None, metadata: Meta
     app.add_route(routes.ADMIN_READ_ONLY, admin.ReadOnlyResource(registry))
 
     app.add_route(routes.API_ROOT, BaseResource())
-    listings = BoundedCache()
+    listings = BoundedCache(max_bytes=LISTING_CACHE_BYTES)
     app.add_route(routes.CATALOG, CatalogResource(registry, listings))
     app.add_route(routes.TAGS, TagsResource(registry, listings))
     app.add_route(routes.MANIFEST, ManifestResource(registry))

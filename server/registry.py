@@ -46,6 +46,11 @@ class StoredManifest:
     subject: str | None
 
 
+# Per worker: manifests are a few KiB, so this holds thousands; what a worker's memory may grow to is the sum of
+# its caches (this and the listings' in app.py) and its base, which the soak benchmark watches (bench/soak.py).
+MANIFEST_CACHE_BYTES = 8 * 1024 * 1024
+
+
 def new_session_id() -> str:
     return str(uuid.uuid4())
 
@@ -61,7 +66,7 @@ class Registry:
         self.quotas = tuple(Quota(pattern, limit) for pattern, limit in config.quotas)
         self.upload_limits = UploadLimits(config.upload_sessions_per_repository, config.upload_sessions_per_user)
         self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
-        self._manifest_bytes = BoundedCache(max_bytes=32 * 1024 * 1024)
+        self._manifest_bytes = BoundedCache(max_bytes=MANIFEST_CACHE_BYTES)
         self._read_only_checked = (-1.0, False)
 
     # -- blobs ---------------------------------------------------------------------------------------------------
