@@ -3,14 +3,16 @@
 Shared by `auth` (to decide), `logging` (to record) and `ratelimit` (to pick a bucket). GET/HEAD pull;
 POST/PATCH/PUT push, which Docker's scope convention requests as `pull,push`; DELETE deletes (cancelling an upload
 session is part of a push). `GET /v2/` needs only authentication, `/v2/_catalog` the catalog scope, anything under
-the admin prefix `/v2/_dockyard/` the admin role.
+the admin prefix `/v2/_dockyard/` the admin role, except reading a repository's tag details
+(`GET /v2/_dockyard/repositories/<name>/tags`), which needs only pull on it: sizes and push times of what the
+caller may pull anyway (the web UI shows them to everyone who may browse the repository).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dockyard.server.routes import API_ROOT, CATALOG, UPLOAD, is_admin_path
+from dockyard.server.routes import ADMIN_REPOSITORIES, API_ROOT, CATALOG, UPLOAD, is_admin_path
 
 PULL, PUSH, DELETE = "pull", "push", "delete"
 ACTIONS = (PULL, PUSH, DELETE)
@@ -44,6 +46,10 @@ class Access:
 
 def required_access(method: str, path: str, template: str | None, params: dict) -> Access:
     if is_admin_path(path):
+        name = path[len(ADMIN_REPOSITORIES) + 1:-len("/tags")] if path.startswith(ADMIN_REPOSITORIES + "/") \
+            and path.endswith("/tags") else ""
+        if name and method in ("GET", "HEAD", "OPTIONS"):
+            return Access("repository", name, (PULL,))
         return Access("admin")
     if not path.startswith(API_ROOT):
         return Access("public")

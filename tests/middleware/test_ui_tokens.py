@@ -168,3 +168,35 @@ def test_hostile_sign_in_forms_get_a_4xx_or_no_refresh_token(seeded, form):
         assert resp.json["errors"][0]["code"] in ("BAD_REQUEST", "UNAUTHORIZED")
     else:
         assert "refresh_token" not in resp.json
+
+
+# -- the tag details of a repository need only pull on it (the web UI shows sizes and push times to readers) -----
+
+@pytest.mark.parametrize("token_mode", [False, True], ids=["htpasswd", "token"])
+def test_tag_details_need_pull_on_the_repository_only(seeded, token_mode):
+    app = app_for(seeded, token=token_mode)
+    details = "/v2/_dockyard/repositories/{}/tags"
+    bob = basic("bob", PASSWORDS["bob"])  # a reader of team/*
+    assert [t["tag"] for t in app.get(details.format("team/app"), headers=bob).json["tags"]] == ["v1"]
+    assert_error_shape(app.get(details.format("secret/vault"), headers=bob, status=403), "DENIED")
+    assert app.get(details.format("public/lib")).json["tags"][0]["tag"] == "v1"  # anonymous_pull
+    resp = app.get(details.format("team/app"), status=401)
+    assert resp.json["errors"][0]["detail"]["scope"] == "repository:team/app:pull"
+    # Everything else under the admin prefix still needs the admin role.
+    assert_error_shape(app.delete("/v2/_dockyard/repositories/team/app", headers=bob, status=403), "DENIED")
+    app.get("/v2/_dockyard/repositories", headers=bob, status=403)
+    app.get("/v2/_dockyard/storage", headers=bob, status=403)
+    token = refresh(app, sign_in(app, "bob").json["refresh_token"], "repository:team/app:pull").json["token"]
+    app.get(details.format("team/app"), headers=bearer(token))
+    app.get(details.format("secret/vault"), headers=bearer(token), status=403)
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/_dockyard/repositories//tags", "/v2/_dockyard/repositories/tags", "/v2/_dockyard/repositories/a/../b/tags",
+    "/v2/_dockyard/repositories/UPPER/tags", "/v2/_dockyard/repositories/" + "a/" * 200 + "tags",
+    "/v2/_dockyard/repositories/_dockyard/tags", "/v2/_dockyard/repositories/team/app/tags/x",
+])
+def test_hostile_tag_detail_paths_never_leak_and_never_fail(seeded, path):
+    resp = app_for(seeded).get(path, headers=basic("bob", PASSWORDS["bob"]), status="*")
+    assert 400 <= resp.status_int < 500
+    assert resp.json["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND", "NAME_UNKNOWN", "DENIED")
