@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 from .proxies import TrustedProxies
 
 ENV_PREFIX = "DOCKYARD_"
+UI_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*/)+")
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,8 @@ class Config:
                                         "(never children of a tagged index, nor referrers of a live manifest).")
     upload_max_age: int = _setting(86400, "Seconds an upload session may stay idle before garbage collection "
                                    "purges it with its data.", minimum=60)
+    ui: bool = _setting(True, "Serve the built-in web UI under `ui_prefix`; false turns it off.")
+    ui_prefix: str = _setting("/ui/", "Path the web UI is served under: /name/ (outside /v2/ and the token endpoint).")
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
@@ -75,6 +79,9 @@ class Config:
             TrustedProxies.parse(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"setting 'trusted_proxies': {exc}") from None
+        if not UI_PREFIX_RE.fullmatch(self.ui_prefix) or self.ui_prefix.startswith(("/v2/", "/auth/")):
+            raise ConfigError(f"setting 'ui_prefix': expected a path like /ui/ (letters, digits, - _ . /; not "
+                              f"under /v2/ or /auth/), got {self.ui_prefix!r}")
 
     @property
     def data_path(self) -> Path:
