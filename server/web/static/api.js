@@ -185,7 +185,8 @@ export class Registry {
     if (!response.ok) throw await errorOf(response);
     if (raw) return response;
     const isJSON = (response.headers.get("Content-Type") || "").includes("json");
-    return {response, body: method !== "HEAD" && response.status !== 204 && isJSON ? await response.json() : null};
+    const text = method === "HEAD" ? "" : await response.text();
+    return {response, body: isJSON && text ? JSON.parse(text) : null};
   }
 
   // -- what the pages ask ----------------------------------------------------------------------------------------

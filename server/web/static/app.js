@@ -68,7 +68,10 @@ function cycleTheme() {
   applyTheme(next);
 }
 
+let said = 0;
+
 function say(text) {
+  said = Date.now();
   clear(notice, text);
 }
 
@@ -96,6 +99,7 @@ async function render(navigated = false) {
       link.removeAttribute("aria-current");
     }
   }
+  if (navigated && Date.now() - said > 3000) clear(notice); // a notice outlives the page it was about only briefly
   const view = VIEWS[path] || notFoundView;
   const page = h("div", {class: "page", "data-view": path || "repositories"});
   clear(main, h("p", {class: "muted"}, "Loading…"));
@@ -187,6 +191,7 @@ async function copyText(text) {
     // No clipboard (a page over plain HTTP on another host is not a secure context): show it to copy by hand.
     const field = h("input", {type: "text", readonly: true, value: text, class: "mono", "aria-label": "Text to copy",
                               size: Math.min(text.length, 80)});
+    said = Date.now();
     clear(notice, "Copy with Ctrl+C (⌘C): ", field);
     field.focus();
     field.select();
