@@ -406,6 +406,10 @@ class OtherSite:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path == "/favicon.ico":  # asked for by the browser: none, and no error in its log
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 body = site.pages.get(self.path.split("?", 1)[0])
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "text/html; charset=utf-8")

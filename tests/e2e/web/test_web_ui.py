@@ -549,3 +549,33 @@ def test_readable_on_a_phone_and_a_wide_screen_usable_with_the_keyboard_in_a_dar
     browser.wait("#theme", text="light")
     browser.click("#theme")
     browser.wait("#theme", text="system")
+
+
+# -- the files, from the real server -------------------------------------------------------------------------------
+
+def test_hostile_paths_to_the_real_server_get_a_4xx_in_the_error_shape(htpasswd):
+    """What gunicorn hands over for raw paths (the WSGI tests cover the app's side): never a file, never a 5xx."""
+    import http.client
+    import re
+
+    def get(path: str):
+        connection = http.client.HTTPConnection("127.0.0.1", htpasswd.process.port, timeout=30)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read()
+        finally:
+            connection.close()
+
+    status, _, index = get("/ui/")
+    version = re.search(rb"/ui/assets/([0-9a-f]{16})/app\.js", index).group(1).decode()
+    assert get(f"/ui/assets/{version}/app.js")[0] == 200
+    for path in ("/ui/../../etc/passwd", "/ui/%2e%2e/%2e%2e/etc/passwd", "/ui/assets/{v}/%2e%2e",
+                 "/ui/assets/{v}/..\\..\\etc\\passwd", "/ui/assets/{v}/app.js%00", "/ui/./",
+                 "/ui/assets/{v}/%252e%252e", "/ui/..;/etc/passwd", "/ui/assets/{v}/%c0%ae%c0%ae",
+                 "/ui/assets/{v}/..%2f..%2fapp.js", "/ui/assets/{v}/../../../server/config.py",
+                 "/ui/assets/../assets/{v}/../../web/__init__.py"):
+        status, content_type, body = get(path.replace("{v}", version))
+        assert 400 <= status < 500 and content_type == "application/json", (path, status, body[:200])
+        assert json.loads(body)["errors"][0]["code"] in ("NOT_FOUND", "NAME_INVALID"), (path, body[:200])
+        assert b"root:" not in body and b"import " not in body and b"export " not in body, path
