@@ -211,3 +211,15 @@ def test_the_admin_listing_says_when_each_repository_was_last_pushed(tmp_path):
     put_manifest(client, "new", "1", image_manifest(client, "new", layers=[b"new"]))
     listed = {r["name"]: r["last_push"] for r in client.get("/v2/_dockyard/repositories").json["repositories"]}
     assert listed == {"old": "2023-11-14T22:13:20Z", "new": "2023-11-14T23:13:20Z"}
+
+
+def test_the_readme_shows_the_ui_and_says_why_it_is_built_this_way():
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Web UI"):readme.index("## registry-tui")]
+    image = re.search(r"!\[[^\]]+\]\(([^)]+\.png)\)", section).group(1)
+    png = (root / image).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) < 100_000, "the README's screenshot: a small PNG"
+    for needed in ("Why it is built this way", "no build step", "Content-Security-Policy", "same origin",
+                   "another origin", "location /registry-ui/", "REGISTRY_URL"):
+        assert needed in section
