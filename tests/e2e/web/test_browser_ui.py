@@ -144,6 +144,12 @@ def test_browse_repositories_tags_manifest_platform_and_referrer(browser, htpass
     assert tag_groups(browser)[0] == ["1.0"]
     pull = browser.find('.tag[data-tag="1.10"] button.copy').get_attribute("title")
     assert pull == f"docker pull {htpasswd.host}/web/app:1.10"
+    browser.driver.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": htpasswd.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    browser.click('.tag[data-tag="1.10"] button.copy')
+    browser.wait("#notice", text=f"Copied: {pull}")
+    assert browser.js_async("navigator.clipboard.readText().then(arguments[0], (e) => arguments[0](String(e)))") \
+        == pull
 
     browser.click(f'tr[data-digest="{images["1.0"].digest}"] a.digest')
     browser.view("manifest")
