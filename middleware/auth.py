@@ -401,7 +401,8 @@ class TokenResource:
     def _refresh(self, req: falcon.Request, resp: falcon.Response, form: dict) -> None:
         token = (form.get("refresh_token") or [""])[0]
         if not token:
-            raise BadRequest({"reason": "grant_type=refresh_token needs refresh_token"}, message="missing refresh token")
+            raise BadRequest({"reason": "grant_type=refresh_token needs refresh_token"},
+                             message="missing refresh token")
         try:
             claims = self.auth.issuer.verify_refresh(token)
         except jwt.InvalidTokenError as exc:

@@ -115,6 +115,7 @@ class TokenIssuer:
     def __init__(self, private_key, *, algorithm: str, issuer: str, service: str, expires_in: int,
                  clock: Callable[[], float] = time.time, refresh_expires_in: int = 8 * 3600):
         self._key = private_key
+        self._public = None
         self.algorithm = algorithm
         self.issuer = issuer
         self.service = service
@@ -130,7 +131,9 @@ class TokenIssuer:
 
     @property
     def public_key(self):
-        return self.private_key.public_key()
+        if self._public is None:  # once: every bearer request verifies against it
+            self._public = self.private_key.public_key()
+        return self._public
 
     @property
     def refresh_audience(self) -> str:

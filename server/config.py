@@ -69,7 +69,7 @@ class Config:
     upload_max_age: int = _setting(86400, "Seconds an upload session may stay idle before garbage collection "
                                    "purges it with its data.", minimum=60)
     ui: bool = _setting(True, "Serve the built-in web UI under `ui_prefix`; false turns it off.")
-    ui_prefix: str = _setting("/ui/", "Path the web UI is served under: /name/ (outside /v2/ and the token endpoint).")
+    ui_prefix: str = _setting("/ui/", "Path the web UI is served under: /name/ (not under /v2/ or /auth/).")
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")

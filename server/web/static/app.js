@@ -206,8 +206,9 @@ function copyButton(text, label) {
 function pullCommand(reference, label) {
   const input = h("input", {type: "text", readonly: true, value: `docker pull ${reference}`,
                             "aria-label": `Pull command for ${label}`});
-  return h("span", {class: "pull"}, input, h("button", {type: "button", class: "copy", onclick: () => copyText(input.value),
-                                                         "aria-label": `Copy the pull command for ${label}`}, "Copy"));
+  const copy = h("button", {type: "button", class: "copy", onclick: () => copyText(input.value),
+                            "aria-label": `Copy the pull command for ${label}`}, "Copy");
+  return h("span", {class: "pull"}, input, copy);
 }
 
 function facts(pairs) {
@@ -353,7 +354,9 @@ async function loadRepositories(results, query, after, admin, stale) {
     parts.push(table(headers, body, {id: "repositories"}));
   }
   if (!admin) parts.push(h("p", {class: "muted"}, "Sizes and push times are shown to admins."));
-  if (query) parts.push(h("p", {class: "muted", id: "scanned"}, `Searched ${scanned.toLocaleString("en")} repositories.`));
+  if (query) {
+    parts.push(h("p", {class: "muted", id: "scanned"}, `Searched ${scanned.toLocaleString("en")} repositories.`));
+  }
   const pager = h("div", {class: "pager"});
   if (after) pager.append(h("a", {href: route("repositories", {q: query}), id: "first-page"}, "First page"));
   if (next) {
@@ -410,8 +413,9 @@ async function repositoryView(page, params, stale) {
   const state = {sort: params.get("sort") || "name", order: params.get("order") === "desc" ? -1 : 1,
                  selected: new Set()};
   const host = location.host;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   const summary = h("p", {class: "muted", id: "summary"},
-                    `${tags.length} tag${tags.length === 1 ? "" : "s"}, ${groups.size} manifest${groups.size === 1 ? "" : "s"}`);
+                    `${plural(tags.length, "tag")}, ${plural(groups.size, "manifest")}`);
   const deleteButton = h("button", {type: "button", class: "danger", id: "delete-selected", disabled: true},
                          "Delete selected");
   const toolbar = h("div", {class: "toolbar"}, summary);
@@ -552,8 +556,9 @@ async function deleteTags(name, groups, selected) {
         }
         for (const child of children) {
           const tagged = groups.get(child.digest);
-          const inOther = [...groups.values()].find((g) => g.digest !== group.digest && !goingDigests.has(g.digest)
-                                                           && (g.children || []).some((c) => c.digest === child.digest));
+          const inOther = [...groups.values()].find(
+            (g) => g.digest !== group.digest && !goingDigests.has(g.digest)
+                   && (g.children || []).some((c) => c.digest === child.digest));
           let fate = "stays in the repository untagged, until garbage collection with “delete untagged” removes it";
           if (tagged && !goingDigests.has(child.digest)) fate = `stays: tagged ${tagged.tags.join(", ")}`;
           else if (inOther) fate = `stays: also in the index tagged ${inOther.tags.join(", ")}`;
@@ -566,7 +571,8 @@ async function deleteTags(name, groups, selected) {
         if (referrers.length) {
           const kinds = [...new Set(referrers.map((r) => r.artifactType || r.mediaType))].join(", ");
           sub.append(h("li", {class: "referrers"}, `${referrers.length} referrer${referrers.length > 1 ? "s" : ""} (`,
-                       kinds, ") stay, pointing at a deleted manifest, until garbage collection with “delete untagged”"));
+                       kinds, ") stay, pointing at a deleted manifest, until garbage collection with ",
+                       "“delete untagged”"));
         }
       } catch {
         // referrers unknown: say nothing
@@ -580,7 +586,8 @@ async function deleteTags(name, groups, selected) {
     const list = h("ul", {id: "plan-tags"});
     for (const {group, tags, kept} of alone) {
       list.append(h("li", {}, "Tag", tags.length > 1 ? "s " : " ", h("strong", {}, tags.join(", ")),
-                    " (the manifest ", h("code", {}, shortDigest(group.digest)), " stays, tagged ", kept.join(", "), ")"));
+                    " (the manifest ", h("code", {}, shortDigest(group.digest)), " stays, tagged ", kept.join(", "),
+                    ")"));
     }
     details.append(h("p", {}, "Tags removed alone:"), list);
   }
@@ -629,7 +636,8 @@ async function deleteRepository(name, tagCount, manifestCount) {
 async function manifestView(page, params, stale) {
   const name = validName(params.get("name"));
   const reference = params.get("ref") || "";
-  if (!/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(reference) && !/^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/.test(reference)) {
+  const isTag = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(reference);
+  if (!isTag && !/^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/.test(reference)) {
     throw new ApiError(400, "MANIFEST_INVALID", "Not a tag or digest.", {reference: reference.slice(0, 300)});
   }
   document.title = `${name}@${shortDigest(reference)} · Dockyard`;
@@ -761,7 +769,8 @@ async function adminView(page, params, stale) {
     page.append(h("h2", {}, "Largest repositories"), table(
       [h("th", {scope: "col"}, "Repository"), h("th", {scope: "col", class: "num"}, "Unique"),
        h("th", {scope: "col", class: "num"}, "Shared")],
-      largest.map((r) => h("tr", {}, h("td", {class: "name"}, h("a", {href: route("repository", {name: r.name})}, r.name)),
+      largest.map((r) => h("tr", {},
+                           h("td", {class: "name"}, h("a", {href: route("repository", {name: r.name})}, r.name)),
                            h("td", {class: "num"}, formatBytes(r.unique_bytes)),
                            h("td", {class: "num"}, formatBytes(r.shared_bytes))))));
   }
@@ -817,7 +826,8 @@ async function adminView(page, params, stale) {
   realRun.addEventListener("click", () => runGc(false));
   page.append(h("h2", {}, "Garbage collection"),
               h("p", {class: "muted"}, "A dry run first says what would go and the bytes it would free; then run it."),
-              h("div", {class: "toolbar"}, h("label", {}, untagged, " Also delete untagged manifests"), dryRun, realRun),
+              h("div", {class: "toolbar"}, h("label", {}, untagged, " Also delete untagged manifests"), dryRun,
+                realRun),
               report);
 }
 

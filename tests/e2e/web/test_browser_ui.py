@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -288,7 +289,8 @@ def browser_storage(browser) -> dict:
           const dump = (storage) => Object.fromEntries(Object.keys(storage).map((k) => [k, storage.getItem(k)]));
           const indexedDB_ = {};
           for (const info of await indexedDB.databases()) {
-            const db = await new Promise((ok, no) => { const r = indexedDB.open(info.name); r.onsuccess = () => ok(r.result); r.onerror = no; });
+            const db = await new Promise((ok, no) => {
+              const r = indexedDB.open(info.name); r.onsuccess = () => ok(r.result); r.onerror = no; });
             indexedDB_[info.name] = {};
             for (const store of db.objectStoreNames) {
               indexedDB_[info.name][store] = await new Promise((ok) => {
@@ -387,10 +389,12 @@ def test_admin_views_storage_gc_read_only_and_repository_delete(browser, htpassw
 
     browser.click("#read-only")
     browser.wait("#read-only-state", text="on")
+    time.sleep(1.1)  # each worker re-reads the switch at most once a second
     assert htpasswd.request("GET", "/v2/_dockyard/read-only").json() == {"read_only": True}
     browser.shot("admin-read-only")
     browser.click("#read-only")
     browser.wait("#read-only-state", text="off")
+    time.sleep(1.1)  # each worker re-reads the switch at most once a second
     assert htpasswd.request("GET", "/v2/_dockyard/read-only").json() == {"read_only": False}
 
     browser.visit("#/repository?name=web/doomed", "repository")
@@ -585,3 +589,21 @@ def test_hostile_paths_to_the_real_server_get_a_4xx_in_the_error_shape(htpasswd)
         assert 400 <= status < 500 and content_type == "application/json", (path, status, body[:200])
         assert json.loads(body)["errors"][0]["code"] in ("NOT_FOUND", "NAME_INVALID"), (path, body[:200])
         assert b"root:" not in body and b"import " not in body and b"export " not in body, path
+
+
+def test_tag_names_sort_semver_aware_in_the_page_own_code(browser, htpasswd):
+    """compareTags, as the page runs it (imported from the served module): versions by their numbers, a
+    pre-release before its release, then the tags that are no versions, by name."""
+    import random
+
+    expected = ["0.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta", "1.0.0-rc.1", "1.0.0", "v1.0.1", "1.2",
+                "1.2.10", "1.10", "2", "v2.1", "10.0", "latest", "sha-0a1b2c", "stable"]
+    shuffled = expected[:]
+    random.Random(15).shuffle(shuffled)
+    fresh(browser, htpasswd)
+    base = browser.js("return document.querySelector('script[type=module]').src.replace(/app\\.js$/, '')")
+    ordered = browser.js_async("""
+        const [base, tags, done] = arguments;
+        import(base + "util.js").then((m) => done([...tags].sort(m.compareTags)), (e) => done(String(e)));
+    """, base, shuffled)
+    assert ordered == expected
