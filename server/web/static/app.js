@@ -100,7 +100,7 @@ async function render(navigated = false) {
     }
   }
   if (navigated && Date.now() - said > 3000) clear(notice); // a notice outlives the page it was about only briefly
-  const view = VIEWS[path] || notFoundView;
+  const view = Object.hasOwn(VIEWS, path) ? VIEWS[path] : notFoundView; // "#/constructor" is no page
   const page = h("div", {class: "page", "data-view": path || "repositories"});
   clear(main, h("p", {class: "muted"}, "Loading…"));
   try {

@@ -607,3 +607,20 @@ def test_tag_names_sort_semver_aware_in_the_page_own_code(browser, htpasswd):
         import(base + "util.js").then((m) => done([...tags].sort(m.compareTags)), (e) => done(String(e)));
     """, base, shuffled)
     assert ordered == expected
+
+
+@pytest.mark.parametrize("fragment, shown", [
+    ("#/constructor", "No such page"), ("#/__proto__", "No such page"), ("#/toString", "No such page"),
+    ("#/repository?name=../../etc/passwd", "NAME_INVALID"), ("#/repository", "NAME_INVALID"),
+    ("#/repository?name=" + "a" * 300, "NAME_INVALID"), ("#/repository?name=Web/App", "NAME_INVALID"),
+    ("#/manifest?name=web/app&ref=%3Cscript%3E", "MANIFEST_INVALID"),
+    ("#/manifest?name=web/app&ref=../../v2/_catalog", "MANIFEST_INVALID"),
+    ("#/manifest?name=web%2F..%2Fteam/secret&ref=1", "NAME_INVALID"),
+])
+def test_hostile_routes_in_the_page_are_refused_before_any_request(browser, htpasswd, fragment, shown):
+    fresh(browser, htpasswd, "alice")
+    mark = htpasswd.mark()
+    browser.js("location.hash = arguments[0]", fragment)
+    browser.wait("#main .page", text=shown)
+    assert not [e for e in htpasswd.since(mark) if e["path"].startswith("/v2/")]
+    assert browser.js("return window.__xss") is None
