@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dockyard.server.routes import ADMIN_REPOSITORIES, API_ROOT, CATALOG, UPLOAD, is_admin_path
+from dockyard.server.routes import (ADMIN_REPOSITORIES, ADMIN_REPOSITORY_TAGS, API_ROOT, CATALOG, UPLOAD,
+                                    is_admin_path)
 
 PULL, PUSH, DELETE = "pull", "push", "delete"
 ACTIONS = (PULL, PUSH, DELETE)
@@ -45,12 +46,19 @@ class Access:
 
 
 def required_access(method: str, path: str, template: str | None, params: dict) -> Access:
-    if is_admin_path(path):
-        name = path[len(ADMIN_REPOSITORIES) + 1:-len("/tags")] if path.startswith(ADMIN_REPOSITORIES + "/") \
-            and path.endswith("/tags") else ""
-        if name and method in ("GET", "HEAD", "OPTIONS"):
-            return Access("repository", name, (PULL,))
+    """What a request needs, judged on the route template the router matched when there is one (so no spelling
+    of a path can be judged as another), else on the path (before routing; the path is canonical by then)."""
+    if is_admin_path(template or path):
+        if method in ("GET", "HEAD", "OPTIONS"):
+            if template is not None:
+                name = params.get("name", "") if template == ADMIN_REPOSITORY_TAGS else ""
+            else:
+                tags = path.startswith(ADMIN_REPOSITORIES + "/") and path.endswith("/tags")
+                name = path[len(ADMIN_REPOSITORIES) + 1:-len("/tags")] if tags else ""
+            if name:
+                return Access("repository", name, (PULL,))
         return Access("admin")
+    path = template or path
     if not path.startswith(API_ROOT):
         return Access("public")
     if path == CATALOG:

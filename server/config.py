@@ -34,7 +34,13 @@ class Config:
     bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
     data: str = _setting("./data", "Data directory: the SQLite database (registry.db) and the blobs.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
-    threads: int = _setting(8, "Threads per worker (gthread); blob transfers hold one each.", minimum=1)
+    threads: int = _setting(64, "Threads per worker; a request holds one while it runs (a blob transfer for as long as "
+                            "it takes), idle connections and request headers hold none.", minimum=1)
+    header_timeout: int = _setting(10, "Seconds a client has to send a request's line and headers (from when its "
+                                   "connection becomes readable); then the connection is closed.", minimum=1)
+    body_timeout: int = _setting(60, "Seconds a request body or a response may go without a byte moving before "
+                                 "its connection is closed (a stalled upload or download frees its thread).",
+                                 minimum=1)
     timeout: int = _setting(120, "Seconds a silent worker may stay unresponsive before gunicorn restarts it.",
                             minimum=1)
     max_manifest_size: int = _setting(4 * 1024 * 1024, "Largest manifest accepted, in bytes (the spec asks for "
@@ -68,6 +74,10 @@ class Config:
                                         "(never children of a tagged index, nor referrers of a live manifest).")
     upload_max_age: int = _setting(86400, "Seconds an upload session may stay idle before garbage collection "
                                    "purges it with its data.", minimum=60)
+    upload_sessions_per_repository: int = _setting(500, "Upload sessions a repository may have open at once "
+                                                   "(0: no limit); one more is refused with 429.", minimum=0)
+    upload_sessions_per_user: int = _setting(1000, "Upload sessions one user may have open at once, across "
+                                             "repositories (0: no limit); one more is refused with 429.", minimum=0)
     ui: bool = _setting(True, "Serve the built-in web UI under `ui_prefix`; false turns it off.")
     ui_prefix: str = _setting("/ui/", "Path the web UI is served under: /name/ (not under /v2/ or /auth/).")
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "

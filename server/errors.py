@@ -15,6 +15,7 @@ This module never imports falcon.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 # code -> (HTTP status, message). The single source of truth for both.
@@ -98,8 +99,27 @@ _BY_STATUS.update({400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "UNSUPPORTED", 500
 
 
 def error_body(*errors: RegistryError) -> bytes:
-    """Serialize errors in the spec's shape."""
-    return json.dumps({"errors": [e.to_dict() for e in errors]}, separators=(",", ":")).encode()
+    """Serialize errors in the spec's shape: always valid JSON, whatever a detail holds (a value JSON cannot say,
+    such as NaN, or an object of another type, is written as its text)."""
+    document = {"errors": [e.to_dict() for e in errors]}
+    try:
+        return json.dumps(document, separators=(",", ":"), allow_nan=False, default=str).encode()
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps(_json_safe(document), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def error_for_status(status: int, detail: Any = None, message: str | None = None) -> RegistryError:

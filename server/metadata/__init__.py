@@ -25,8 +25,9 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Callable, Iterable, Iterator, Sequence
 
-from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadSession,
-                     UploadState)
+from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadLimits,
+                     UploadSession, UploadState)
+from ..errors import TooManyRequests
 from ..quotas import Quota
 
 
@@ -127,7 +128,10 @@ class Metadata(ABC):
     # -- upload sessions -----------------------------------------------------------------------------------------
 
     @abstractmethod
-    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False) -> None: ...
+    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False, owner: str | None = None,
+                      limits: UploadLimits = UploadLimits()) -> None:
+        """Open a session for `owner` (a user name; None for anonymous). TOOMANYREQUESTS when the repository or the
+        owner already has as many open as `limits` allow (counted in the same transaction)."""
 
     @abstractmethod
     def upload(self, repository: str, session_id: str) -> UploadSession | None: ...
@@ -234,6 +238,14 @@ class Metadata(ABC):
     @abstractmethod
     def events_after(self, after: int, limit: int = 100) -> list[tuple[int, NewEvent, float]]:
         """Outbox rows with an id above `after`, oldest first: (id, event, created_at)."""
+
+
+def too_many_sessions(scope: str, limit: int) -> TooManyRequests:
+    """The refusal of one upload session too many (`create_upload`), the same from every driver."""
+    return TooManyRequests({"reason": f"too many open upload sessions for this {scope}", "scope": scope,
+                            "limit": limit}, headers={"Retry-After": "60"},
+                           message=f"too many open upload sessions: a {scope} may have {limit}; finish or cancel "
+                                   "some, or wait for idle ones to expire")
 
 
 def open_metadata(config, *, clock: Callable[[], float]) -> Metadata:

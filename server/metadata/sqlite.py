@@ -24,10 +24,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 from sqlite_utils import Database
 
 from ..errors import ManifestBlobUnknown, Unavailable
-from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadSession,
-                     UploadState)
+from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadLimits,
+                     UploadSession, UploadState)
 from ..quotas import Quota
-from . import Lifecycle, Metadata
+from . import Lifecycle, Metadata, too_many_sessions
 from .sqlite_queries import (DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE, ORPHAN_MANIFEST_CONTENT,
                              REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS, TAG_PAGE)
 from .sqlite_schema import migrations
@@ -252,12 +252,23 @@ class SqliteMetadata(Metadata):
 
     # -- upload sessions -----------------------------------------------------------------------------------------
 
-    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False) -> None:
+    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False, owner: str | None = None,
+                      limits: UploadLimits = UploadLimits()) -> None:
         now = self._clock()
         with self._write() as conn:
             repository_id = self._ensure_repository(conn, repository)
-            conn.execute("INSERT INTO uploads (id, repository_id, length, state, created_at, updated_at, monolithic) "
-                         "VALUES (?, ?, 0, NULL, ?, ?, ?)", (session_id, repository_id, now, now, int(monolithic)))
+            if limits.per_repository:
+                open_here = conn.execute("SELECT COUNT(*) FROM uploads WHERE repository_id = ?",
+                                         (repository_id,)).fetchone()[0]
+                if open_here >= limits.per_repository:
+                    raise too_many_sessions("repository", limits.per_repository)
+            if limits.per_user and owner is not None:
+                open_by = conn.execute("SELECT COUNT(*) FROM uploads WHERE owner = ?", (owner,)).fetchone()[0]
+                if open_by >= limits.per_user:
+                    raise too_many_sessions("user", limits.per_user)
+            conn.execute("INSERT INTO uploads (id, repository_id, length, state, created_at, updated_at, monolithic, "
+                         "owner) VALUES (?, ?, 0, NULL, ?, ?, ?, ?)",
+                         (session_id, repository_id, now, now, int(monolithic), owner))
 
     def upload(self, repository: str, session_id: str) -> UploadSession | None:
         with self._read() as conn:

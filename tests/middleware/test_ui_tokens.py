@@ -199,4 +199,4 @@ def test_tag_details_need_pull_on_the_repository_only(seeded, token_mode):
 def test_hostile_tag_detail_paths_never_leak_and_never_fail(seeded, path):
     resp = app_for(seeded).get(path, headers=basic("bob", PASSWORDS["bob"]), status="*")
     assert 400 <= resp.status_int < 500
-    assert resp.json["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND", "NAME_UNKNOWN", "DENIED")
+    assert resp.json["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND", "NAME_UNKNOWN", "DENIED", "BAD_REQUEST")
