@@ -89,16 +89,19 @@ class Browser:
 
     # finding and waiting
     def wait(self, css: str, *, text: str | None = None, gone: bool = False, timeout: float = 15):
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.common.by import By
 
         def ready(driver):
             found = driver.find_elements(By.CSS_SELECTOR, css)
             if gone:
                 return not found
-            for element in found:
-                if text is None or text in element.text:
-                    return element
+            try:
+                for element in found:
+                    if text is None or text in element.text:
+                        return element
+            except StaleElementReferenceException:  # the page re-rendered it meanwhile: look again
+                pass
             return False
         try:
             return self.wait_class(self.driver, timeout, poll_frequency=0.05).until(ready)
@@ -125,11 +128,18 @@ class Browser:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 
     def texts(self, css: str) -> list[str]:
-        return [e.text for e in self.finds(css)]
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(20):
+            try:
+                return [e.text for e in self.finds(css)]
+            except StaleElementReferenceException:  # re-rendered between finding and reading: read again
+                time.sleep(0.05)
+        raise AssertionError(f"{css!r} kept being re-rendered")
 
     def text(self, css: str) -> str:
-        found = self.finds(css)
-        return found[0].text if found else ""
+        found = self.texts(css)
+        return found[0] if found else ""
 
     def click(self, css: str, *, text: str | None = None):
         element = self.wait(css, text=text)
