@@ -1,7 +1,7 @@
 """Configured middleware: built-in middleware by name, any Falcon middleware class by dotted path.
 
 `build_chain(config.middleware, context)` turns the `[[middleware]]` tables of the config file into Falcon
-middleware components. Each entry names a built-in (`auth`, `logging`, `ratelimit`) or a dotted path
+middleware components. Each entry names a built-in (`auth`, `cors`, `logging`, `ratelimit`) or a dotted path
 (`package.module.ClassName`). Where each stands in the request path is decided in one place,
 `dockyard.server.pipeline` (built-ins have a fixed stage, `BUILTINS`; the others run in the order written, after
 authentication). What is named is called through one small interface:
@@ -33,6 +33,7 @@ from dockyard.server.proxies import TrustedProxies
 # name -> (class, the stage of the request path it stands in; see dockyard.server.pipeline)
 BUILTINS = {
     "logging": ("dockyard.middleware.logging.AccessLog", "logging"),
+    "cors": ("dockyard.middleware.cors.Cors", "cors"),
     "auth": ("dockyard.middleware.auth.AuthMiddleware", "auth"),
     "ratelimit": ("dockyard.middleware.ratelimit.RateLimit", "ratelimit"),
 }

@@ -3,14 +3,17 @@
 Shared by `auth` (to decide), `logging` (to record) and `ratelimit` (to pick a bucket). GET/HEAD pull;
 POST/PATCH/PUT push, which Docker's scope convention requests as `pull,push`; DELETE deletes (cancelling an upload
 session is part of a push). `GET /v2/` needs only authentication, `/v2/_catalog` the catalog scope, anything under
-the admin prefix `/v2/_dockyard/` the admin role.
+the admin prefix `/v2/_dockyard/` the admin role, except reading a repository's tag details
+(`GET /v2/_dockyard/repositories/<name>/tags`), which needs only pull on it: sizes and push times of what the
+caller may pull anyway (the web UI shows them to everyone who may browse the repository).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dockyard.server.routes import API_ROOT, CATALOG, UPLOAD, is_admin_path
+from dockyard.server.routes import (ADMIN_REPOSITORIES, ADMIN_REPOSITORY_TAGS, API_ROOT, CATALOG, UPLOAD,
+                                    is_admin_path)
 
 PULL, PUSH, DELETE = "pull", "push", "delete"
 ACTIONS = (PULL, PUSH, DELETE)
@@ -45,9 +48,17 @@ class Access:
 def required_access(method: str, path: str, template: str | None, params: dict) -> Access:
     """What a request needs, judged on the route template the router matched when there is one (so no spelling
     of a path can be judged as another), else on the path (before routing; the path is canonical by then)."""
-    path = template or path
-    if is_admin_path(path):
+    if is_admin_path(template or path):
+        if method in ("GET", "HEAD", "OPTIONS"):
+            if template is not None:
+                name = params.get("name", "") if template == ADMIN_REPOSITORY_TAGS else ""
+            else:
+                tags = path.startswith(ADMIN_REPOSITORIES + "/") and path.endswith("/tags")
+                name = path[len(ADMIN_REPOSITORIES) + 1:-len("/tags")] if tags else ""
+            if name:
+                return Access("repository", name, (PULL,))
         return Access("admin")
+    path = template or path
     if not path.startswith(API_ROOT):
         return Access("public")
     if path == CATALOG:

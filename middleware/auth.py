@@ -7,7 +7,9 @@ DENIED. On `_catalog` it hands the catalog a filter (`req.context.visible_reposi
 mount whose source the caller may not pull, it drops `mount`/`from`, so the POST opens an ordinary upload session.
 
 In token mode the challenge is `Bearer realm=...,service=...,scope=...` and `TokenResource` (at `/auth/token`)
-issues short-lived JWTs granting only what the rules allow. The identity travels on `req.context.user`.
+issues short-lived JWTs granting only what the rules allow. In htpasswd mode the challenge stays `Basic`, but the
+token endpoint is served too (unless `issue_tokens = false`) and its tokens are accepted: the web UI signs in there,
+so a browser never holds Basic credentials. The identity travels on `req.context.user`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import binascii
 import fnmatch
 import glob
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +116,8 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 class AuthMiddleware:
     def __init__(self, rules: AccessRules, *, htpasswd: Htpasswd | None = None, realm: str = "Dockyard",
                  issuer: TokenIssuer | None = None, verifier: TokenVerifier | None = None,
-                 token_realm: str = "", token_path: str = TOKEN_PATH, guard: LoginGuard | None = None,
-                 proxies: TrustedProxies | None = None):
+                 token_realm: str = "", token_path: str = TOKEN_PATH, token_mode: bool | None = None,
+                 guard: LoginGuard | None = None, proxies: TrustedProxies | None = None):
         self.rules = rules
         self.guard = guard
         self.proxies = proxies or TrustedProxies()
@@ -122,7 +125,8 @@ class AuthMiddleware:
         self.realm = realm
         self.issuer = issuer
         self.verifier = verifier
-        self.token_mode = verifier is not None
+        # Bearer challenges; in htpasswd mode a verifier may still accept the token endpoint's tokens.
+        self.token_mode = verifier is not None if token_mode is None else token_mode
         self.token_realm = token_realm
         self.token_path = token_path
 
@@ -180,9 +184,16 @@ class AuthMiddleware:
                 Options(options.entry, token, prefix="token."), context)
         elif htpasswd is None:
             raise options.error("htpasswd", "is required unless token authentication is configured")
+        if options.get("issue_tokens", bool, True) and token is None:
+            # htpasswd mode: the token endpoint for the web UI; the key is made when the first token is.
+            key_path = context.data_path / "auth" / "token-key.pem"
+            issuer = TokenIssuer(lambda: load_or_create_key(key_path, "ES256"), algorithm="ES256",
+                                 issuer="dockyard", service="dockyard", expires_in=300, clock=context.now)
+            verifier = TokenVerifier(issuer, [], clock=context.now)
         guard = LoginGuard(context.buckets(), **cls._failed_logins(options))
         return cls(access_rules, htpasswd=htpasswd, realm=realm, issuer=issuer, verifier=verifier,
-                   token_realm=token_realm, token_path=token_path, guard=guard, proxies=context.config.proxies)
+                   token_realm=token_realm, token_path=token_path, token_mode=token is not None, guard=guard,
+                   proxies=context.config.proxies)
 
     @staticmethod
     def _failed_logins(options: Options) -> dict:
@@ -214,6 +225,7 @@ class AuthMiddleware:
         service = options.get("service", str, "dockyard")
         issuer_name = options.get("issuer", str, "dockyard")
         expires_in = int(options.number("expires_in", 300, minimum=10))
+        refresh_expires_in = int(options.number("refresh_expires_in", 8 * 3600, minimum=60))
         key_path = options.get("key", str, "")
         realm = options.get("realm", str, "")
         path = options.get("path", str, TOKEN_PATH)
@@ -226,7 +238,7 @@ class AuthMiddleware:
         except (OSError, ValueError, TypeError) as exc:
             raise options.error("key", f"cannot load the private key: {exc}") from None
         own = TokenIssuer(key, algorithm=algorithm, issuer=issuer_name, service=service, expires_in=expires_in,
-                          clock=context.now) if key is not None else None
+                          clock=context.now, refresh_expires_in=refresh_expires_in) if key is not None else None
         trusted = []
         for i, raw in enumerate(options.get("trusted_issuers", list, [])):
             if not isinstance(raw, dict):
@@ -393,7 +405,9 @@ class AuthMiddleware:
 class TokenResource:
     """The token endpoint: `GET ?service=&scope=&account=` with optional basic credentials (docker, podman,
     skopeo) or `POST` form with `grant_type=password` (OAuth2 style). Answers `token`, `access_token`,
-    `expires_in`, `issued_at`; grants each requested scope only the actions the rules allow."""
+    `expires_in`, `issued_at`; grants each requested scope only the actions the rules allow. A password grant with
+    `access_type=offline` also answers a `refresh_token`, which `grant_type=refresh_token` exchanges for tokens of
+    other scopes (Docker's OAuth2 flow): the web UI keeps that in memory instead of the password."""
 
     rate_class = "token"  # the ratelimit middleware's class for these requests
 
@@ -416,13 +430,41 @@ class TokenResource:
             raise TooLarge({"reason": "form too large", "limit": MAX_FORM})
         form = parse_form(read_small(req.bounded_stream, MAX_FORM))
         grant_type = (form.get("grant_type") or [""])[0]
+        if grant_type == "refresh_token":
+            self._refresh(req, resp, form)
+            return
         if grant_type != "password":
-            raise BadRequest({"grant_type": grant_type[:40], "reason": "only grant_type=password is supported"},
-                             message="unsupported grant type")
+            raise BadRequest({"grant_type": grant_type[:40], "reason": "grant_type must be password or "
+                              "refresh_token"}, message="unsupported grant type")
         user, password = (form.get("username") or [""])[0], (form.get("password") or [""])[0]
         if not user or not self.auth.check_password(req, user, password):
             raise self._refused(req)
         self._answer(req, resp, user, (form.get("service") or [None])[0], form.get("scope") or [])
+        fingerprint = self.auth.htpasswd.fingerprint(user)
+        if (form.get("access_type") or [""])[0] == "offline" and fingerprint:
+            resp.media["refresh_token"] = self.auth.issuer.issue_refresh(user, fingerprint)
+
+    def _refresh(self, req: falcon.Request, resp: falcon.Response, form: dict) -> None:
+        token = (form.get("refresh_token") or [""])[0]
+        if not token:
+            raise BadRequest({"reason": "grant_type=refresh_token needs refresh_token"},
+                             message="missing refresh token")
+        try:
+            claims = self.auth.issuer.verify_refresh(token)
+        except jwt.InvalidTokenError as exc:
+            self._failed(req)
+            raise Unauthorized({"reason": f"invalid refresh token: {type(exc).__name__}"}) from None
+        user = claims["sub"]
+        current = self.auth.htpasswd.fingerprint(user) if self.auth.htpasswd is not None else None
+        if current is None or not hmac.compare_digest(current, claims["pwd"]):
+            self._failed(req)
+            raise Unauthorized({"reason": "the password changed or the user is gone: sign in again"})
+        self._answer(req, resp, user, (form.get("service") or [None])[0], form.get("scope") or [])
+
+    def _failed(self, req: falcon.Request) -> None:
+        """A refresh token refused counts against the address's failed-login budget, like a wrong password."""
+        if self.auth.guard is not None:
+            self.auth.guard.failed("", client_address(req, self.auth.proxies))
 
     def _refused(self, req: falcon.Request) -> Unauthorized:
         return Unauthorized({"reason": "invalid username or password"},

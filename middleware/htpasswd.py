@@ -188,6 +188,13 @@ class Htpasswd:
         self._refresh()
         return sorted(self._users)
 
+    def fingerprint(self, user: str) -> str | None:
+        """A short digest of the user's password hash (None for an unknown user): a refresh token carries it, so
+        a changed password or a removed user ends the sessions that token would keep alive."""
+        self._refresh()
+        hashed = self._users.get(user)
+        return None if hashed is None else hashlib.sha256(hashed).hexdigest()[:16]
+
     def verify(self, user: str, password: str) -> bool:
         self._refresh()
         hashed = self._users.get(user)

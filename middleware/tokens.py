@@ -104,15 +104,62 @@ class TrustedIssuer:
 
 
 class TokenIssuer:
+    """Issues Dockyard's own tokens. `private_key` may be a callable that loads it, called at the first token: in
+    htpasswd mode the endpoint serves the web UI, and a key is written to the data directory only once it is used.
+
+    Refresh tokens (`issue_refresh`, Docker's `access_type=offline`) let a client that signed in once get access
+    tokens for other scopes without keeping the password: their audience is `<service>#refresh`, so one is never
+    accepted as an access token, nor an access token as one. They carry a fingerprint of the user's password hash,
+    so changing the password or removing the user ends them."""
+
     def __init__(self, private_key, *, algorithm: str, issuer: str, service: str, expires_in: int,
-                 clock: Callable[[], float] = time.time):
-        self.private_key = private_key
-        self.public_key = private_key.public_key()
+                 clock: Callable[[], float] = time.time, refresh_expires_in: int = 8 * 3600):
+        self._key = private_key
+        self._public = None
         self.algorithm = algorithm
         self.issuer = issuer
         self.service = service
         self.expires_in = expires_in
+        self.refresh_expires_in = refresh_expires_in
         self._clock = clock
+
+    @property
+    def private_key(self):
+        if callable(self._key):
+            self._key = self._key()
+        return self._key
+
+    @property
+    def public_key(self):
+        if self._public is None:  # once: every bearer request verifies against it
+            self._public = self.private_key.public_key()
+        return self._public
+
+    @property
+    def refresh_audience(self) -> str:
+        return self.service + "#refresh"
+
+    def issue_refresh(self, subject: str, fingerprint: str) -> str:
+        now = int(self._clock())
+        claims = {"iss": self.issuer, "sub": subject, "aud": self.refresh_audience,
+                  "exp": now + self.refresh_expires_in, "iat": now, "jti": secrets.token_hex(16), "pwd": fingerprint}
+        return jwt.encode(claims, self.private_key, algorithm=self.algorithm)
+
+    def verify_refresh(self, token: str) -> dict:
+        """The claims of a refresh token this issuer signed and that has not expired; else jwt.InvalidTokenError."""
+        try:
+            claims = jwt.decode(token, self.public_key, algorithms=[self.algorithm], audience=self.refresh_audience,
+                                issuer=self.issuer,
+                                options={"require": ["exp", "sub", "pwd"], "verify_exp": False, "verify_iat": False})
+        except jwt.InvalidTokenError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise jwt.InvalidTokenError(f"malformed token: {type(exc).__name__}") from None
+        if not _is_number(claims["exp"]) or self._clock() > claims["exp"]:
+            raise jwt.ExpiredSignatureError("the refresh token has expired")
+        if not isinstance(claims["sub"], str) or not claims["sub"] or not isinstance(claims["pwd"], str):
+            raise jwt.InvalidTokenError("sub and pwd must be strings")
+        return claims
 
     def issue(self, subject: str | None, access: list[dict]) -> dict:
         now = int(self._clock())

@@ -33,6 +33,7 @@ from .resources.uploads import UploadResource, UploadsResource
 from .routing import RegistryRouter
 from .serving import metrics_directory
 from .storage import BlobStore, open_store
+from .web import WebUI
 
 log = logging.getLogger("dockyard")
 LISTING_CACHE_BYTES = 8 * 1024 * 1024  # tags/list and _catalog pages, per worker (see registry.MANIFEST_CACHE_BYTES)
@@ -120,6 +121,11 @@ def create_app(config: Config, *, store: BlobStore | None = None, metadata: Meta
     app.add_route(routes.REFERRERS, ReferrersResource(registry))
     for template, resource in path.routes():  # e.g. the auth middleware's token endpoint
         app.add_route(template, resource)
+    if config.ui:
+        auth = next((component for stage, _, component in path.stages if stage == "auth"), None)
+        token_path = getattr(auth, "token_path", None) if getattr(auth, "issuer", None) is not None else None
+        for template, resource in WebUI(config.ui_prefix, token_path=token_path, auth=auth is not None).routes():
+            app.add_route(template, resource)
 
     install_observability(app, registry, metrics_directory(config))  # /healthz, /readyz, /metrics
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 from .proxies import TrustedProxies
 
 ENV_PREFIX = "DOCKYARD_"
+UI_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*/)+")
 
 
 class ConfigError(ValueError):
@@ -82,6 +84,8 @@ class Config:
                                                    "(0: no limit); one more is refused with 429.", minimum=0)
     upload_sessions_per_user: int = _setting(1000, "Upload sessions one user may have open at once, across "
                                              "repositories (0: no limit); one more is refused with 429.", minimum=0)
+    ui: bool = _setting(True, "Serve the built-in web UI under `ui_prefix`; false turns it off.")
+    ui_prefix: str = _setting("/ui/", "Path the web UI is served under: /name/ (not under /v2/ or /auth/).")
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
@@ -94,6 +98,9 @@ class Config:
         if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             # Never echo the value: a URL may hold a password.
             raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")
+        if not UI_PREFIX_RE.fullmatch(self.ui_prefix) or self.ui_prefix.startswith(("/v2/", "/auth/")):
+            raise ConfigError(f"setting 'ui_prefix': expected a path like /ui/ (letters, digits, - _ . /; not "
+                              f"under /v2/ or /auth/), got {self.ui_prefix!r}")
 
     @property
     def data_path(self) -> Path:

@@ -11,18 +11,21 @@ for requests a component refused (the app runs middleware independently). So:
 3. `headers` (built-in): the API version header on every response, and the path checks: a request whose path is
    not in canonical form is refused here, before anything decides on the path; after routing, access is judged on
    the route template the router matched (`dockyard.middleware.access.required_access`).
-4. `throttle` (from `auth`): failed logins per client address. Before `auth` reads credentials, so a flood of wrong
+4. `cors` (configured): answers a CORS preflight from an allowed origin (204) and ends it there, before any
+   credentials are asked for (a preflight never carries them); names the origin on every response to it, errors
+   and 401 challenges included.
+5. `throttle` (from `auth`): failed logins per client address. Before `auth` reads credentials, so a flood of wrong
    passwords from one address never costs a bcrypt check each.
-5. `auth` (configured): who is asking (in process_request) and whether they may (in process_resource).
-6. `read-only` (built-in): maintenance mode refuses writes with 503 UNAVAILABLE, after authorization: an anonymous
+6. `auth` (configured): who is asking (in process_request) and whether they may (in process_resource).
+7. `read-only` (built-in): maintenance mode refuses writes with 503 UNAVAILABLE, after authorization: an anonymous
    caller is asked to authenticate first, like for any write.
-7. `ratelimit` (configured): token buckets per user (or address) and class of request, after authentication.
-8. `custom`: middleware named by dotted path, in the order the config file lists them; they see identities
+8. `ratelimit` (configured): token buckets per user (or address) and class of request, after authentication.
+9. `custom`: middleware named by dotted path, in the order the config file lists them; they see identities
    (`req.context.user`) and the routed request.
-9. `metrics` (built-in): the route template as the request's metric label.
+10. `metrics` (built-in): the route template as the request's metric label.
 
-The configured built-ins (`logging`, `auth`, `ratelimit`) take their place above whatever their order in the
-config file; leaving one out leaves its stage empty.
+The configured built-ins (`logging`, `cors`, `auth`, `ratelimit`) take their place above whatever their order in
+the config file; leaving one out leaves its stage empty.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from .urls import ExternalURLs
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 
-STAGES = ("logging", "urls", "headers", "throttle", "auth", "read-only", "ratelimit", "custom", "metrics")
+STAGES = ("logging", "urls", "headers", "cors", "throttle", "auth", "read-only", "ratelimit", "custom",
+          "metrics")
 
 
 class RegistryHeaders:

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(python3-venv skopeo umoci podman buildah docker.io nginx apache2-utils docker-registry curl
                  ca-certificates openssl iproute2
                  systemd docker-compose  # systemd-analyze verifies deploy/systemd; docker-compose checks compose.yaml
-                 postgresql)  # the metadata backend for several nodes: its contract suite and a second WSGI pass
+                 postgresql  # the metadata backend for several nodes: its contract suite and a second WSGI pass
+                 chromium chromium-driver)  # the web UI's browser tests (tests/e2e/web/); downloads nothing
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -158,3 +158,16 @@ def test_registry_tui_from_a_plain_install_browses_a_registry(clean_install, tmp
     assert shown["screen"] == "RepositoriesScreen"
     assert shown["repositories"] == ["clean/install"]
     assert "(admin API)" in shown["title"] and shown["status"] == "1 repository"
+
+
+@pytest.mark.e2e
+def test_a_plain_install_ships_every_file_of_the_web_ui(clean_install):
+    """Issue 15: the web UI's static files are package data; a `pip install .` without them serves no UI."""
+    shipped = ROOT / "server" / "web" / "static"
+    found = run([clean_install / "python", "-c", "import dockyard.server.web as w; print(w.ASSET_DIR)"],
+                timeout=60, cwd=clean_install).stdout.strip()
+    installed = Path(found)
+    assert ROOT not in installed.parents, f"the web UI was imported from the checkout, not the install: {installed}"
+    assert sorted(p.name for p in installed.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    for path in shipped.iterdir():
+        assert (installed / path.name).read_bytes() == path.read_bytes()

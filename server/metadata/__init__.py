@@ -182,7 +182,8 @@ class Metadata(ABC):
 
     @abstractmethod
     def repository_page(self, n: int, last: str | None) -> tuple[list[dict], bool]:
-        """Repositories holding manifests, after `last`: name, tags, manifests, unique_bytes, shared_bytes."""
+        """Repositories holding manifests, after `last`: name, tags, manifests, unique_bytes, shared_bytes, and
+        last_push (the latest manifest push or tag update, a timestamp)."""
 
     @abstractmethod
     def tag_details(self, repository: str, n: int, last: str | None) -> tuple[list[dict], bool] | None:

@@ -137,7 +137,9 @@ SELECT COALESCE(SUM(CASE WHEN shared THEN 0 ELSE size END), 0)::BIGINT,
 REPOSITORY_PAGE = """
 SELECT r.id, r.name,
        (SELECT COUNT(*) FROM tags t WHERE t.repository_id = r.id),
-       r.manifest_count
+       r.manifest_count,
+       GREATEST((SELECT COALESCE(MAX(t.updated_at), 0) FROM tags t WHERE t.repository_id = r.id),
+                (SELECT COALESCE(MAX(m.created_at), 0) FROM manifests m WHERE m.repository_id = r.id))
   FROM repositories r
  WHERE r.name > %s AND r.manifest_count > 0
  ORDER BY r.name LIMIT %s
@@ -744,11 +746,11 @@ class PostgresMetadata(Metadata):
             cur.execute(REPOSITORY_PAGE, (last or "", n + 1))
             rows = cur.fetchall()
             page = []
-            for repository_id, name, tags, manifests in rows[:n]:
+            for repository_id, name, tags, manifests, last_push in rows[:n]:
                 cur.execute(REPOSITORY_USAGE, (repository_id,))
                 unique, shared = cur.fetchone()
                 page.append({"name": name, "tags": tags, "manifests": manifests, "unique_bytes": unique,
-                             "shared_bytes": shared})
+                             "shared_bytes": shared, "last_push": last_push})
             return page, len(rows) > n
         return self._read(body)
 

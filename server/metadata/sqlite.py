@@ -508,10 +508,10 @@ class SqliteMetadata(Metadata):
         with self._read() as conn:
             rows = conn.execute(REPOSITORY_PAGE, (last or "", n + 1)).fetchall()
             page = []
-            for repository_id, name, tags, manifests in rows[:n]:
+            for repository_id, name, tags, manifests, last_push in rows[:n]:
                 unique, shared = conn.execute(REPOSITORY_USAGE, (repository_id,)).fetchone()
                 page.append({"name": name, "tags": tags, "manifests": manifests, "unique_bytes": unique,
-                             "shared_bytes": shared})
+                             "shared_bytes": shared, "last_push": last_push})
         return page, len(rows) > n
 
     def tag_details(self, repository: str, n: int, last: str | None) -> tuple[list[dict], bool] | None:

@@ -60,7 +60,9 @@ SELECT COALESCE(SUM(CASE WHEN shared THEN 0 ELSE size END), 0), COALESCE(SUM(CAS
 REPOSITORY_PAGE = """
 SELECT r.id, r.name,
        (SELECT COUNT(*) FROM tags t WHERE t.repository_id = r.id),
-       (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id)
+       (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id),
+       MAX((SELECT COALESCE(MAX(t.updated_at), 0) FROM tags t WHERE t.repository_id = r.id),
+           (SELECT COALESCE(MAX(m.created_at), 0) FROM manifests m WHERE m.repository_id = r.id))
   FROM repositories r
  WHERE r.name > ? AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
  ORDER BY r.name LIMIT ?

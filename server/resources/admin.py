@@ -41,12 +41,15 @@ def _rfc3339(timestamp: float) -> str:
 
 
 class RepositoriesResource(Resource):
-    """GET: repositories (those holding manifests) with tag and manifest counts and bytes unique and shared."""
+    """GET: repositories (those holding manifests) with tag and manifest counts, bytes unique and shared, and the
+    time of the last push."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         maximum = self.registry.config.page_size_max
         n, last = pagination(req, default=100, maximum=min(maximum, 1000))
         page, more = self.registry.repository_page(n, last)
+        for repository in page:
+            repository["last_push"] = _rfc3339(repository["last_push"])
         if more and page:
             set_next_link(resp, ADMIN_REPOSITORIES, n, page[-1]["name"])
         resp.media = {"repositories": page}

@@ -323,6 +323,7 @@ def test_accounting(metadata):
     page, more = metadata.repository_page(10, None)
     assert not more and [(r["name"], r["tags"], r["manifests"], r["unique_bytes"], r["shared_bytes"])
                          for r in page] == [("a", 1, 1, 10, 700), ("b", 1, 1, 0, 700)]
+    assert all(isinstance(r["last_push"], float) and r["last_push"] > 0 for r in page)
     (detail,), more = metadata.tag_details("a", 10, None)
     assert detail["tag"] == "v1" and detail["digest"] == m.digest and detail["size"] == len(m.data) + 10
     assert metadata.tag_details("nowhere", 10, None) is None

@@ -683,6 +683,16 @@ def skopeo_image(registry, skopeo, session_dir) -> PushedImage:
 
 
 @pytest.fixture(scope="session")
+def e2e():
+    """This conftest's helpers for the test packages below it (tests/e2e/web): need, missing, run, free_port,
+    OCILayout, Skopeo. Handed over as a fixture, like everything here, never imported."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(need=need, missing=missing, run=run, free_port=free_port, OCILayout=OCILayout,
+                           Skopeo=Skopeo, sha256_digest=sha256_digest, dumps=dumps, IN_CI=IN_CI)
+
+
+@pytest.fixture(scope="session")
 def oras_registry(registry):
     """oras.provider.Registry for the server, with oras's five-fold retry-with-sleep disabled (CLIENTS.md)."""
     try:

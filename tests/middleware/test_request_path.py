@@ -105,7 +105,8 @@ class Noop:
 def test_the_request_path_is_the_documented_list(tmp_path):
     """Built-ins stand at their stage whatever their order in the config file; the README shows STAGES."""
     config = make_config(tmp_path, {"name": f"{__name__}.Noop"}, {"name": "auth", "options": auth_options(tmp_path)},
-                         {"name": "ratelimit", "options": {}}, logging_entry(tmp_path))
+                         {"name": "ratelimit", "options": {}}, logging_entry(tmp_path),
+                         {"name": "cors", "options": {"origins": ["https://ui.example.com"]}})
     path = build_request_path(config, create_app(config).registry)
     assert [stage for stage, _, _ in path.stages] == list(STAGES)
     section = README[README.index("### The request path"):]
