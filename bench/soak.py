@@ -124,18 +124,25 @@ def worker_rss(server_pid: int) -> list[int]:
     return [vm_rss(pid) for pid in process_tree(server_pid) if pid != server_pid]
 
 
-def latencies(log_path: Path, offset: int) -> tuple[list[float], int]:
-    durations = []
+def latencies(log_path: Path, offset: int) -> tuple[list[float], dict[str, list[float]], int]:
+    """The server-side durations logged since `offset`: all of them, and by request kind ("PUT push", "GET pull")."""
+    durations, by_kind = [], {}
     with open(log_path, "rb") as fh:
         fh.seek(offset)
         data = fh.read()
     complete = data.rfind(b"\n") + 1
     for line in data[:complete].splitlines():
         try:
-            durations.append(json.loads(line)["duration_ms"])
+            entry = json.loads(line)
+            durations.append(entry["duration_ms"])
         except (ValueError, KeyError):
             continue
-    return durations, offset + complete
+        by_kind.setdefault(f"{entry.get('method')} {entry.get('action')}", []).append(entry["duration_ms"])
+    return durations, by_kind, offset + complete
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -161,7 +168,7 @@ def run(args) -> int:
         try:
             for minute in range(1, args.minutes + 1):
                 time.sleep(60)
-                durations, offset = latencies(access_log, offset)
+                durations, by_kind, offset = latencies(access_log, offset)
                 rss = worker_rss(target.pid)
                 with lock:
                     done = dict(counts)
@@ -170,12 +177,16 @@ def run(args) -> int:
                        "p50_ms": round(statistics.median(durations), 2) if durations else None,
                        "p99_ms": round(percentile(durations, 0.99), 2),
                        "workers": len(rss), "rss_max_mib": round(max(rss) / 2**20, 1) if rss else None,
-                       "rss_sum_mib": round(sum(rss) / 2**20, 1)}
+                       "rss_sum_mib": round(sum(rss) / 2**20, 1),
+                       "p50_by_kind_ms": {kind: round(statistics.median(values), 2)
+                                          for kind, values in sorted(by_kind.items())},
+                       "data_bytes": tree_size(workdir / "data")}
                 done_before = done
                 rows.append(row)
                 progress(f"minute {minute:3d}: {row['requests']:6d} requests ({row['failed']} failed), "
                          f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, workers {row['workers']}: "
-                         f"largest {row['rss_max_mib']} MiB, all {row['rss_sum_mib']} MiB")
+                         f"largest {row['rss_max_mib']} MiB, all {row['rss_sum_mib']} MiB; "
+                         f"data {format_size(row['data_bytes'])}")
         finally:
             stop.set()
             for client in clients:
@@ -189,13 +200,17 @@ def run(args) -> int:
         "p99_first_ms": statistics.median(r["p99_ms"] for r in first),
         "p99_last_ms": statistics.median(r["p99_ms"] for r in last),
     }
+    kinds = sorted({kind for row in rows for kind in row["p50_by_kind_ms"]})
+    summary["p50_by_kind_first_last_ms"] = {
+        kind: [statistics.median(r["p50_by_kind_ms"].get(kind, 0) for r in part) for part in (first, last)]
+        for kind in kinds}
     summary["rss_flat"] = summary["rss_max_last_mib"] <= summary["rss_max_first_mib"] * 1.15 + 2
     summary["latency_flat"] = summary["p99_last_ms"] <= summary["p99_first_ms"] * 1.5 + 5
     summary["rss_goal_met"] = summary["rss_max_last_mib"] <= 80
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    print(f"data directory {workdir} ({format_size(sum(p.stat().st_size for p in workdir.rglob('*') if p.is_file()))})")
+    print(f"data directory {workdir} ({format_size(tree_size(workdir))})")
     return 0 if summary["failed"] == 0 and summary["rss_flat"] and summary["latency_flat"] else 1
 
 

@@ -1,13 +1,17 @@
 """Measure gunicorn worker classes for Dockyard: manifest GETs with wrk, alone and beside blob uploads.
 
-    python3 deploy/measure_workers.py [--seconds 10] [--workers 4] [--classes gthread,sync]
+    python3 deploy/measure_workers.py [--seconds 10] [--workers 4] [--classes dockyard,gthread,sync]
 
 For each worker class, starts gunicorn with deploy/gunicorn.conf.py (the worker class given on gunicorn's command
 line) on 127.0.0.1, pushes one small image, then runs `wrk` (apt-get install wrk) against one manifest:
   1. alone;
   2. while `workers` slow uploads (clients sending a layer at ~1 MB/s, as over a slow link or through a proxy that
      streams the body) are in progress;
-  3. while one fast 1 GiB upload is in progress.
+  3. while one fast 1 GiB upload is in progress;
+  4. while `--stalled` connections (500 by default: more than `workers` x `threads`, so that a thread per
+     connection runs out) are held open (half send part of their headers, half send their headers and
+     `Content-Length: 1000000` and then three bytes of body), as in issue 12's finding 3.
+`dockyard` is Dockyard's own worker class (dockyard.server.worker.DockyardWorker, what `dockyard serve` runs).
 Prints requests/s, p99 latency and wrk's error count for each. Numbers vary ±20% on these VMs: compare
 orders of magnitude, not digits.
 """
@@ -100,6 +104,26 @@ def upload(port, total: int, chunk: int, pause: float, stop: threading.Event, re
     results.append((patch_status, status, time.monotonic() - started))
 
 
+def stall(port, count: int, stop: threading.Event) -> None:
+    """Open `count` connections that never finish their request, and hold them until `stop` (or until the server
+    closes them)."""
+    socks = []
+    for i in range(count):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                s.sendall(b"GET /v2/bench/app/manifests/latest HTTP/1.1\r\nHost: x\r\n")
+            else:
+                s.sendall(b"POST /v2/bench/app/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Length: 1000000\r\n\r\nabc")
+            socks.append(s)
+        except OSError:
+            break
+    stop.wait()
+    for s in socks:
+        s.close()
+
+
 def wrk(port, path, seconds) -> dict:
     out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "--timeout", "5s",
                           "-H", f"Accept: {MANIFEST_TYPE}", f"http://127.0.0.1:{port}{path}"],
@@ -112,7 +136,7 @@ def wrk(port, path, seconds) -> dict:
             "errors": (sum(map(int, errors.groups()[:3])) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)}
 
 
-def run_class(worker_class: str, workers: int, seconds: int) -> list:
+def run_class(worker_class: str, workers: int, seconds: int, stalled: int) -> list:
     workdir = Path(tempfile.mkdtemp(prefix="dy-workers-"))
     port = free_port()
     env = {**os.environ, "DOCKYARD_DATA": str(workdir / "data"), "DOCKYARD_BIND": f"127.0.0.1:{port}",
@@ -121,7 +145,8 @@ def run_class(worker_class: str, workers: int, seconds: int) -> list:
     log = open(workdir / "gunicorn.log", "wb")
     # gunicorn silently runs gthread for "sync" when threads > 1: sync needs --threads 1 to be sync at all.
     threads = ["--threads", "1"] if worker_class == "sync" else []
-    proc = subprocess.Popen(["gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "-k", worker_class,
+    klass = "dockyard.server.worker.DockyardWorker" if worker_class == "dockyard" else worker_class
+    proc = subprocess.Popen(["gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "-k", klass,
                              *threads, "dockyard.server.app:get_app()"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     rows = []
@@ -155,6 +180,13 @@ def run_class(worker_class: str, workers: int, seconds: int) -> list:
             ok = sum(1 for patch, put, _ in results if patch == 202 and put == 201)
             rows.append((label, measured, f"{ok}/{count} uploads completed, "
                                           f"{max((r[2] for r in results), default=0):.1f}s"))
+        stop = threading.Event()
+        staller = threading.Thread(target=stall, args=(port, stalled, stop))
+        staller.start()
+        time.sleep(2)
+        rows.append((f"{stalled} stalled connections", wrk(port, path, seconds), ""))
+        stop.set()
+        staller.join(60)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -170,14 +202,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1))
-    parser.add_argument("--classes", default="gthread,sync")
+    parser.add_argument("--classes", default="dockyard,gthread,sync")
+    parser.add_argument("--stalled", type=int, default=500)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     print(f"{os.cpu_count()} cores, {args.workers} workers, wrk -t2 -c16 -d{args.seconds}s on one manifest GET")
     print(f"{'class':8} {'while':34} {'req/s':>9} {'p99':>9} {'timeouts':>8} {'errors':>7}  uploads")
     for worker_class in args.classes.split(","):
-        for label, m, note in run_class(worker_class, args.workers, args.seconds):
+        for label, m, note in run_class(worker_class, args.workers, args.seconds, args.stalled):
             print(f"{worker_class:8} {label:34} {m['rps']:9.0f} {m['p99']:>9} {m['timeouts']:8} {m['errors']:7}  "
                   f"{note}", flush=True)
     return 0
