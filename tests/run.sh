@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(python3-venv skopeo umoci podman buildah docker.io nginx apache2-utils docker-registry curl
                  ca-certificates openssl iproute2
-                 systemd docker-compose)  # systemd-analyze verifies deploy/systemd; docker-compose checks compose.yaml
+                 systemd docker-compose   # systemd-analyze verifies deploy/systemd; docker-compose checks compose.yaml
+                 swift swift-proxy swift-account swift-container swift-object python3-swift memcached)  # S3 store
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,7 +23,7 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,tui]'
+.venv/bin/python -m pip install -q -e '.[test,tui,s3]'
 
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"
