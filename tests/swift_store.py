@@ -173,16 +173,20 @@ class SwiftStore:
                   "mount_check = false\ndisable_fallocate = true\nlog_level = WARNING\n"
                   f"log_udp_host = 127.0.0.1\nlog_udp_port = 9\n")  # discard: there is no syslog here
         for name in SERVERS:
+            # No updater daemons run here: a container update that timed out would never reach the listings,
+            # so the object server waits for it as long as it takes on a busy machine.
+            extra = "container_update_timeout = 30\n" if name == "object" else ""
             (etc / f"{name}-server.conf").write_text(
                 f"{common}bind_port = {self.ports[name]}\n\n[pipeline:main]\npipeline = {name}-server\n\n"
-                f"[app:{name}-server]\nuse = egg:swift#{name}\n")
+                f"[app:{name}-server]\nuse = egg:swift#{name}\n{extra}")
         (self.root / "hook" / "dockyard_swift_log.py").write_text(LOG_HOOK)
         template = "{method} {path} {status_int} {bytes_recvd} {bytes_sent} {source} {headers}"
         (etc / "proxy-server.conf").write_text(
             f"{common}bind_port = {self.ports['proxy']}\nlog_custom_handlers = dockyard_swift_log.to_file\n"
             f"dockyard_access_log = {self.access_log}\n\n"
             f"[pipeline:main]\npipeline = {PIPELINE}\n\n"
-            "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n\n"
+            "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\nconn_timeout = 5\n"
+            "node_timeout = 60\n\n"
             f"[filter:tempauth]\nuse = egg:swift#tempauth\nuser_{ACCOUNT}_{USER} = {self.secret_key} .admin\n\n"
             f"[filter:s3api]\nuse = egg:swift#s3api\nlocation = {REGION}\n\n"
             f"[filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{self.ports['memcached']}\n\n"
