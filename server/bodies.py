@@ -66,6 +66,9 @@ class GunicornSource:
         reader.unreader.buf = type(reader.unreader.buf)()
         reader.unreader.buf.write(buffered[self._length:])
         reader.length = 0  # gunicorn now sees the body as consumed
+        # ... so until its last byte is read, the connection must not serve another request: a store failing
+        # mid-body would otherwise leave the rest of the body to be parsed as the next request.
+        self._body.failed = self._remaining > 0
         self._sock = reader.unreader.sock
 
     @classmethod
@@ -100,6 +103,8 @@ class GunicornSource:
             self._body.failed = True  # the connection's position is unknown: gunicorn must not reuse it
             raise
         self._remaining -= filled
+        if not self._remaining:
+            self._body.failed = False  # read to its end: the connection may go on
         return filled
 
 
