@@ -101,6 +101,7 @@ RETRY_AFTER = "5"  # seconds, for a 503 caused by the store
 TAIL_CACHE_BYTES = 16 * 1024 * 1024
 DOWNLOAD_MODES = ("proxy", "redirect", "accel")
 RESUMES = 2  # a broken download is resumed this many times
+IDLE_BUFFERS = 2  # part buffers a process keeps between requests
 
 
 class _Answer(Exception):
@@ -496,15 +497,17 @@ class S3Store(BlobStore):
         except Unavailable:
             pass
 
-    def _take_buffer(self) -> bytearray:
+    def _take_buffer(self, allocate: bool = True) -> bytearray | None:
+        """A part buffer: an idle one of this process, else a new one (or None)."""
         with self._buffers_lock:
             if self._buffers:
                 return self._buffers.pop()
-        return bytearray(self.part_size)
+        return bytearray(self.part_size) if allocate else None
 
     def _give_buffer(self, buffer: bytearray) -> None:
+        """Keep a few buffers for the next requests: allocating 8 MiB per request would make memory churn."""
         with self._buffers_lock:
-            if len(self._buffers) < 4 and len(buffer) == self.part_size:
+            if len(self._buffers) < IDLE_BUFFERS and len(buffer) == self.part_size:
                 self._buffers.append(buffer)
 
     # -- blobs ---------------------------------------------------------------------------------------------------
@@ -624,8 +627,8 @@ class _PartWriter:
                 self._current = None
 
     def _buffer(self) -> bytearray:
-        if not self._owned:  # grows as it fills: a small body never touches a whole part's memory
-            buffer = bytearray()
+        if not self._owned:  # an idle part buffer, else one that grows as it fills (a small body stays small)
+            buffer = self.store._take_buffer(allocate=False) or bytearray()
         elif len(self._owned) < 2:
             buffer = self.store._take_buffer()
         else:
