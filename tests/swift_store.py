@@ -12,9 +12,10 @@ device (a plain directory). The pitfalls it avoids are those in ../shared/NOTES.
 - There is no syslog socket here: the proxy's access log (one line per request, from its first `proxy-logging`)
   goes to `access.log` through a `log_custom_handlers` hook, so tests can count the requests a registry makes.
 
-The access log line is `METHOD PATH STATUS BYTES_IN BYTES_OUT SOURCE COPY_SOURCE`, each field URL-quoted; PATH is
-the S3 path with its query (`/bucket/key?partNumber=2&uploadId=...`), COPY_SOURCE the `X-Amz-Copy-Source` header
-('-' when absent), SOURCE is '-' for a client's request and names the middleware for Swift's own sub-requests.
+The access log line is `METHOD PATH STATUS BYTES_IN BYTES_OUT SOURCE HEADERS`, each field URL-quoted; PATH is
+the S3 path with its query (`/bucket/key?partNumber=2&uploadId=...`), HEADERS the request's `X-Amz-Copy-Source` and
+`Authorization` ('-' when neither; Swift cuts the latter after 16 characters), SOURCE is '-' for a client's request
+and names the middleware for Swift's own sub-requests.
 
 Swift's own Python is Debian's /usr/bin/python3 (python3-swift); the test's interpreter may be another one.
 """
@@ -191,7 +192,7 @@ class SwiftStore:
             f"[filter:s3api]\nuse = egg:swift#s3api\nlocation = {REGION}\n\n"
             f"[filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{self.ports['memcached']}\n\n"
             "[filter:proxy-logging]\nuse = egg:swift#proxy_logging\naccess_log_level = INFO\n"
-            "access_log_headers = true\naccess_log_headers_only = X-Amz-Copy-Source\n"
+            "access_log_headers = true\naccess_log_headers_only = X-Amz-Copy-Source,Authorization\n"
             f"log_msg_template = {template}\n\n"
             + "".join(f"[filter:{name}]\nuse = egg:swift#{egg}\n\n" for name, egg in (
                 ("catch_errors", "catch_errors"), ("gatekeeper", "gatekeeper"), ("healthcheck", "healthcheck"),
@@ -318,11 +319,13 @@ class SwiftStore:
             parts = line.split(" ")
             if len(parts) < 7:
                 continue
-            method, path, status, received, sent, source, copy_source = parts[:7]
+            method, path, status, received, sent, source, headers = parts[:7]
             if source != "-":
                 continue
+            headers = dict(line.partition(": ")[::2] for line in urllib.parse.unquote(headers).split("\n")
+                           if ": " in line)
             found.append(LoggedRequest(method, urllib.parse.unquote(path), int(status), _int(received), _int(sent),
-                                       urllib.parse.unquote(copy_source)))
+                                       {name.lower(): value for name, value in headers.items()}))
         return found
 
     def log_tail(self, name: str, lines: int = 30) -> str:
@@ -340,7 +343,7 @@ class LoggedRequest:
     status: int
     received: int
     sent: int
-    copy_source: str  # '-' when the request was no copy
+    headers: dict  # lower-case name -> value, of those the proxy logs (see the module docstring)
 
     @property
     def key(self) -> str:
@@ -353,7 +356,7 @@ class LoggedRequest:
 
     @property
     def is_copy(self) -> bool:
-        return self.method == "COPY" or self.copy_source not in ("-", "")
+        return self.method == "COPY" or bool(self.headers.get("x-amz-copy-source"))
 
 
 class _PortTaken(Exception):
