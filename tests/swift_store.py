@@ -17,12 +17,14 @@ the S3 path with its query (`/bucket/key?partNumber=2&uploadId=...`), HEADERS th
 `Authorization` ('-' when neither; Swift cuts the latter after 16 characters), SOURCE is '-' for a client's request
 and names the middleware for Swift's own sub-requests.
 
-Swift's own Python is Debian's /usr/bin/python3 (python3-swift); the test's interpreter may be another one.
+Swift's own Python is Debian's /usr/bin/python3 (python3-swift); the test's interpreter may be another one. This
+module needs only the standard library (bench/s3.py uses it too), except `client()`, which makes a boto3 client.
 """
 
 from __future__ import annotations
 
 import configparser
+import http.client
 import os
 import secrets
 import shutil
@@ -240,14 +242,15 @@ class SwiftStore:
             time.sleep(0.05)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until an authenticated S3 request through the proxy reaches the account server."""
+        """Until an authenticated request through the proxy reaches the account server."""
         deadline = time.monotonic() + timeout
-        client = self.client(retries=1)
         while True:
             try:
-                client.list_buckets()
-                return
-            except Exception as exc:  # not up yet: connection refused, 503 while the backends start
+                status, _ = self.swift_request("HEAD", "")
+                if status < 300:
+                    return
+                raise SwiftError(f"HEAD of the account answered {status}")
+            except (OSError, http.client.HTTPException, SwiftError) as exc:  # not up yet
                 if time.monotonic() > deadline:
                     raise SwiftError(f"Swift did not answer S3 requests in time ({exc!r}):\n"
                                      + "\n".join(self.log_tail(n) for n in ("proxy", *SERVERS))) from None
@@ -297,7 +300,28 @@ class SwiftStore:
                           response_checksum_validation="when_required", connect_timeout=5, read_timeout=60))
 
     def create_bucket(self, name: str) -> None:
-        self.client().create_bucket(Bucket=name)
+        """A bucket is a Swift container: made through Swift's own API, so no S3 client is needed."""
+        status, _ = self.swift_request("PUT", f"/{name}")
+        if status not in (201, 202):
+            raise SwiftError(f"creating bucket {name!r} answered {status}")
+
+    def swift_request(self, method: str, path: str) -> tuple[int, dict]:
+        """A request of Swift's own API to the test account (tempauth's token, asked for each time)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["proxy"], timeout=30)
+        try:
+            conn.request("GET", "/auth/v1.0", headers={"X-Auth-User": self.access_key, "X-Auth-Key": self.secret_key})
+            auth = conn.getresponse()
+            auth.read()
+            if auth.status >= 300:
+                raise SwiftError(f"tempauth answered {auth.status}")
+            url = urllib.parse.urlsplit(auth.getheader("X-Storage-Url"))
+            conn.request(method, url.path + path, headers={"X-Auth-Token": auth.getheader("X-Auth-Token"),
+                                                           "Content-Length": "0"})
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status, dict(answer.getheaders())
+        finally:
+            conn.close()
 
     def log_size(self) -> int:
         try:
