@@ -148,15 +148,19 @@ class GarbageCollector:
         return removed
 
     def _remove_orphans(self, cutoff: float) -> int:
-        """Stored objects no blob row and no pending delete names, modified before `cutoff`."""
+        """Stored objects no blob row, no pending delete and no session row names, modified before `cutoff`."""
         removed = 0
         batch: list = []
 
         def flush() -> None:
             nonlocal removed
+            # Sessions before keys: a commit's transaction swaps its session row for its blob row, so a commit
+            # landing between the two reads still shows in one of them.
+            sessions = {obj.key: self.store.session_of(obj.key) for obj in batch}
+            live = self.metadata.known_uploads({sid for sid in sessions.values() if sid})
             known = self.metadata.known_keys(obj.key for obj in batch)
             for obj in batch:
-                if obj.key not in known:
+                if obj.key not in known and sessions[obj.key] not in live:
                     self.store.delete(obj.key)
                     removed += 1
             batch.clear()

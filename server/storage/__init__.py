@@ -32,9 +32,11 @@ step leaves state that a crash at any point can be recovered from:
 3. Delete (garbage collection): one metadata transaction forgets the blob rows and writes a **pending delete** row
    per key -> `store.delete(key)` for each -> the pending rows are removed. Crash in between: the pending rows remain
    and are carried out by the next collection (and at start-up).
-4. Orphans: a stored object whose key no blob row and no pending delete names, and an upload session whose id no
-   session row names, is garbage. Because of 1 and 2, nothing live ever looks like that: garbage collection and
-   `dockyard fsck --repair` remove them.
+4. Orphans: a stored object whose key no blob row, no pending delete and no session row names (`session_of`:
+   between steps 2's store call and its transaction, the object of a commit under way is named only by its session,
+   and its modification time may be old: an idle session's, or, on S3, when its multipart upload began), and an
+   upload session whose id no session row names, is garbage. Because of 1 and 2, nothing live ever looks like
+   that: garbage collection and `dockyard fsck --repair` remove them.
 
 This package never imports falcon: failures are the domain errors of `..errors`.
 """
@@ -108,6 +110,11 @@ class BlobStore(ABC):
     @abstractmethod
     def iterate(self) -> Iterator[StoredObject]:
         """Every blob the store holds (for garbage collection and fsck)."""
+
+    def session_of(self, key: str) -> str | None:
+        """The upload session a blob's key was committed from, when its key says (None otherwise): garbage
+        collection leaves a key alone while its session row exists, since that session's commit may be under way."""
+        return None
 
     def redirect(self, key: str, digest: str, size: int) -> Redirect | None:
         """How a download of `key` leaves without passing through Python, when the driver is configured for it

@@ -249,6 +249,12 @@ class FilesystemStore(BlobStore):
                             continue
                         yield StoredObject(key, st.st_size, st.st_mtime)
 
+    def session_of(self, key: str) -> str | None:
+        """`<algorithm>/<2 hex>/<hex>.<session id>`: the session after the dot (keys from before 0004 have none)."""
+        if not KEY_RE.fullmatch(key or "") or "." not in key:
+            return None
+        return key.rsplit(".", 1)[1]
+
     def redirect(self, key: str, digest: str, size: int) -> Redirect | None:
         if not self.accel_prefix:
             return None

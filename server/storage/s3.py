@@ -547,6 +547,10 @@ class S3Store(BlobStore):
             if KEY_RE.fullmatch(key):
                 yield StoredObject(key, obj["Size"], obj["LastModified"].timestamp())
 
+    def session_of(self, key: str) -> str | None:
+        """`blobs/<session id>`: every key is its session's."""
+        return key.removeprefix("blobs/") if KEY_RE.fullmatch(key or "") else None
+
     def redirect(self, key: str, digest: str, size: int) -> Redirect | None:
         if self.download == "proxy":
             return None

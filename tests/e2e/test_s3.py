@@ -676,49 +676,86 @@ def test_store_stopped_mid_upload_and_mid_download(swift, start_dockyard, tmp_pa
 
 
 def test_worker_killed_between_the_store_commit_and_the_metadata_commit(swift, start_dockyard, tmp_path):
-    """The multipart upload is completed in the store, then the worker is killed before the metadata records the
-    blob (held back by taking the metadata's write lock). The stray object is in the bucket, no row names it; the
-    next garbage collection removes it and says so. (`dockyard fsck` does not exist yet: the bucket listing and
-    GC's report stand in for it.)"""
+    """Two uploads whose multipart upload is completed in the store, each followed by a SIGKILL of the worker
+    before the metadata records the blob (held back by taking the metadata's write lock): a stray object each, no
+    blob row. While its session row lives, garbage collection leaves it (the client may retry), and the first
+    client's retried PUT completes the commit without sending a byte again; the second session expires, and then
+    garbage collection removes its object and says so. (`dockyard fsck` does not exist yet: the bucket listing,
+    the metadata and GC's report stand in for it.)"""
     bucket = new_bucket(swift)
     data = tmp_path / "data"
     server = start_dockyard(data=data, config=storage_toml(swift, bucket), workers=1)
     store = Bucket(swift, bucket)
-    blob = os.urandom(2 * PART + 5)
-    location = patch(server, start_upload(server, "crash/app"), blob, 0)
-    session = session_of(location)
+    blobs = {name: os.urandom(2 * PART + 5) for name in ("retried", "abandoned")}
+    locations = {name: patch(server, start_upload(server, "crash/app"), blob, 0) for name, blob in blobs.items()}
+    sessions = {name: session_of(location) for name, location in locations.items()}
 
-    lock = os.open(f"{data / 'registry.db'}.writelock", os.O_CREAT | os.O_RDWR, 0o644)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # every metadata write now waits, the commit's included
-    try:
-        offset = swift.log_size()
-        committing = threading.Thread(target=lambda: _swallow(lambda: requests.put(
-            with_digest(location, sha256(blob)), timeout=60)), daemon=True)
-        committing.start()
+    for name, location in locations.items():
+        lock = os.open(f"{data / 'registry.db'}.writelock", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # every metadata write now waits, the commit's included
+        try:
+            offset = swift.log_size()
+            committing = threading.Thread(target=lambda: _swallow(lambda: requests.put(
+                with_digest(location, sha256(blobs[name])), timeout=60)), daemon=True)
+            committing.start()
+            deadline = time.monotonic() + 60
+            while not [r for r in swift.requests_since(offset) if r.method == "POST" and "uploadId" in r.query]:
+                assert time.monotonic() < deadline, "the store's commit never came"
+                time.sleep(0.01)
+            assert f"blobs/{sessions[name]}" in store.blob_keys()
+            pids = worker_pids(server)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(lock)
+        committing.join(timeout=60)
         deadline = time.monotonic() + 60
-        while not [r for r in swift.requests_since(offset) if r.method == "POST" and "uploadId" in r.query]:
-            assert time.monotonic() < deadline, "the store's commit never came"
-            time.sleep(0.01)
-        assert store.blob_keys() == {f"blobs/{session}"}
-        for pid in worker_pids(server):
-            os.kill(pid, signal.SIGKILL)
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        os.close(lock)
-    committing.join(timeout=60)
+        while not worker_pids(server) or worker_pids(server) == pids:  # gunicorn starts another worker
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
     with sqlite3.connect(data / "registry.db") as db:
         assert db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0
-    time.sleep(1.5)  # s3api rounds LastModified up to the second: let the stray object be older than grace 0
+    assert store.blob_keys() == {f"blobs/{sid}" for sid in sessions.values()}  # two stray objects
+
+    time.sleep(1.5)  # s3api rounds LastModified up to the second: let the objects be older than grace 0
+    report = gc_until_up(server, grace_seconds=0)
+    assert report["orphan_files_removed"] == 0, report  # their sessions may still complete
+
+    offset = swift.log_size()
+    r = requests.put(with_digest(locations["retried"], sha256(blobs["retried"])), timeout=60)
+    assert r.status_code == 201, r.text
+    time.sleep(1)
+    assert not [r for r in swift.requests_since(offset) if r.method in ("PUT", "POST")]  # nothing sent again
+    assert pull_blob(server, "crash/app", sha256(blobs["retried"])) == blobs["retried"]
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    Pusher(server.url).push_blob("crash/app", config)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
+        "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(blobs["retried"]),
+                    "size": len(blobs["retried"])}]}).encode()
+    r = server.http.put(f"{server.url}/v2/crash/app/manifests/v1", data=manifest,
+                        headers={"Content-Type": OCI_MANIFEST}, timeout=30)
+    assert r.status_code == 201, r.text
+
+    with sqlite3.connect(data / "registry.db") as db:  # the other session: idle for two days
+        db.execute("UPDATE uploads SET updated_at = updated_at - 172800 WHERE id = ?", (sessions["abandoned"],))
+    report = gc_until_up(server, grace_seconds=0)
+    assert (report["uploads_purged"], report["orphan_files_removed"]) == (1, 1), report
+    assert f"blobs/{sessions['abandoned']}" not in store.blob_keys() and store.leftovers() == set()
+    assert f"blobs/{sessions['retried']}" in store.blob_keys() and report["blobs_removed"] == 0
+
+
+def gc_until_up(server, **options) -> dict:
     deadline = time.monotonic() + 60
-    while True:  # gunicorn starts another worker
+    while True:
         try:
-            report = server.http.post(f"{server.url}/v2/_dockyard/gc", json={"grace_seconds": 0}, timeout=120)
-            break
+            r = server.http.post(f"{server.url}/v2/_dockyard/gc", json=options, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()
         except requests.ConnectionError:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-    assert report.status_code == 200 and report.json()["orphan_files_removed"] == 1, report.text
-    assert store.blob_keys() == set()
 
 
 def _swallow(fn):
