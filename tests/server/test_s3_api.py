@@ -127,3 +127,17 @@ def test_download_modes(tmp_path, swift, s3_bucket, mode):
         assert_error(client.get(f"/v2/{REPO}/blobs/{digest_of(b'absent')}", expect_errors=True), 404, "BLOB_UNKNOWN")
     finally:
         app.registry.close()
+
+
+def test_two_sessions_committing_the_same_digest_leave_one_object(s3_client, swift, s3_bucket):
+    """The metadata settles it (the store refuses conditional PUTs): one key wins, the other is deleted."""
+    data = os.urandom(MIN_PART_SIZE + 10)
+    first, second = start(s3_client), start(s3_client)
+    first = s3_client.patch(first, data, status=202).headers["Location"]
+    second = s3_client.patch(second, data, status=202).headers["Location"]
+    for location in (first, second):
+        s3_client.put(f"{location}{'&' if '?' in location else '?'}digest={digest_of(data)}", status=201)
+    listed = swift.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+    assert len(listed) == 1 and listed[0]["Size"] == len(data)
+    assert not swift.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    assert s3_client.get(f"/v2/{REPO}/blobs/{digest_of(data)}").body == data
