@@ -20,7 +20,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -201,6 +200,7 @@ def test_docker_pushes_and_pulls_a_multi_layer_image_and_a_manifest_list(s3_serv
     image_id = json.loads(docker("image", "inspect", name).out)[0]["Id"]
     out = docker("push", name).out
     pushed = re.search(r": digest: (sha256:[0-9a-f]{64})", out).group(1)
+    assert s3_server.get_manifest(repo, "1").headers["Docker-Content-Digest"] == pushed
     manifest = json.loads(s3_server.manifest_bytes(repo, "1"))
     assert len(manifest["layers"]) == 3
     for layer in manifest["layers"]:
@@ -216,7 +216,7 @@ def test_docker_pushes_and_pulls_a_multi_layer_image_and_a_manifest_list(s3_serv
     finally:
         docker("rm", container)
 
-    images = []
+    images, ids = [], []
     for arch in ("amd64", "arm64"):
         arch_name = f"{s3_server.host}/{repo}/{arch}:1"
         arch_context = workdir / arch
@@ -226,6 +226,7 @@ def test_docker_pushes_and_pulls_a_multi_layer_image_and_a_manifest_list(s3_serv
         docker("build", "-q", "-t", arch_name, arch_context)
         docker("push", arch_name)
         images.append(arch_name)
+        ids.append(json.loads(docker("image", "inspect", arch_name).out)[0]["Id"])
     list_name = f"{s3_server.host}/{repo}:multi"
     docker("manifest", "create", "--insecure", list_name, *images)
     docker("manifest", "annotate", "--arch", "arm64", list_name, images[1])
@@ -234,8 +235,8 @@ def test_docker_pushes_and_pulls_a_multi_layer_image_and_a_manifest_list(s3_serv
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
     for image in images:
         docker("rmi", image)
-    docker("pull", list_name)
-    assert pushed
+    docker("pull", list_name)  # this host's platform: the amd64 image, through the index
+    assert json.loads(docker("image", "inspect", list_name).out)[0]["Id"] == ids[0]
 
 
 def test_podman_pushes_and_pulls_a_multi_layer_image_and_a_manifest_list(s3_server, clients_for, repo, workdir):
