@@ -13,7 +13,7 @@ authentication). What is named is called through one small interface:
 
 A component may also offer `routes()`, an iterable of `(uri_template, resource)` pairs that `create_app` adds to
 the app (the auth middleware serves its token endpoint this way), and `parts()`, a mapping of stage to component
-when it acts at two stages (the rate limiter's failed-login throttle runs before `auth`, its buckets after).
+when it acts at two stages (`auth`'s failed-login throttle runs before it reads credentials).
 
 Anything wrong (an unknown name, an unknown or ill-typed option) raises `ConfigError` naming the entry and the
 option, so start-up stops with a clear message.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -38,6 +38,15 @@ BUILTINS = {
 }
 
 
+def client_address(req, proxies: TrustedProxies) -> str:
+    """The client's address (forwarded headers believed only from `proxies`), worked out once per request."""
+    address = req.context.get("client_address")
+    if address is None:
+        address = req.context.client_address = proxies.client_address(req.remote_addr,
+                                                                       req.get_header("X-Forwarded-For"))
+    return address
+
+
 def stage_of(name: str) -> str:
     """The stage of the request path a configured entry stands in: a built-in's own, else `custom`."""
     return BUILTINS[name][1] if name in BUILTINS else "custom"
@@ -48,6 +57,14 @@ class MiddlewareContext:
     """What a middleware may need from the app it joins, handed to `from_config(options, context)`."""
     config: Config
     clock: Callable[[], float] | None = None  # tests pass a fake clock; None means time.time
+    _shared: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def buckets(self):
+        """The token-bucket store every middleware of this app shares (`buckets.BucketStore`)."""
+        if "buckets" not in self._shared:
+            from .buckets import BucketStore
+            self._shared["buckets"] = BucketStore(self.data_path / "ratelimit.db", clock=self.now)
+        return self._shared["buckets"]
 
     @property
     def data_path(self) -> Path:

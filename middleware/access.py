@@ -43,6 +43,9 @@ class Access:
 
 
 def required_access(method: str, path: str, template: str | None, params: dict) -> Access:
+    """What a request needs, judged on the route template the router matched when there is one (so no spelling
+    of a path can be judged as another), else on the path (before routing; the path is canonical by then)."""
+    path = template or path
     if is_admin_path(path):
         return Access("admin")
     if not path.startswith(API_ROOT):

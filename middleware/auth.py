@@ -15,18 +15,25 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import glob
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import falcon
 import jwt
 
 from dockyard.server.errors import BadRequest, Denied, TooLarge, Unauthorized
+from dockyard.server.bodies import read_small
+from dockyard.server.parsing import FORM_MAX as MAX_FORM
+from dockyard.server.parsing import form as parse_form
 from dockyard.server.routes import is_admin_path
 from dockyard.server.urls import absolute_url
 
-from . import MiddlewareContext, Options
+from dockyard.server.proxies import TrustedProxies
+
+from . import MiddlewareContext, Options, client_address
+from .buckets import Limit
+from .logins import DEFAULT_PER_ACCOUNT, DEFAULT_PER_ADDRESS, LoginGuard, LoginThrottle
 from .access import ACTIONS, DELETE, PULL, PUSH, Access, required_access
 from .htpasswd import Htpasswd
 from .tokens import TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, load_or_create_key, parse_scopes
@@ -34,7 +41,6 @@ from .tokens import TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, 
 
 TOKEN_PATH = "/auth/token"
 ANONYMOUS_BASIC = "Og=="  # base64(":"): no user, no password
-MAX_FORM = 64 * 1024
 
 
 @dataclass
@@ -76,7 +82,9 @@ class AccessRules:
         groups = self.groups_of(user)
         for rule in self.rules:
             if "*" in rule.users or user in rule.users or groups & rule.groups:
-                if any(fnmatch.fnmatchcase(repository, p.replace("{user}", user)) for p in rule.repositories):
+                # The user's name stands for itself only: a user called "*" must not match every home.
+                escaped = glob.escape(user)
+                if any(fnmatch.fnmatchcase(repository, p.replace("{user}", escaped)) for p in rule.repositories):
                     actions |= rule.actions
         return actions
 
@@ -105,8 +113,11 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 class AuthMiddleware:
     def __init__(self, rules: AccessRules, *, htpasswd: Htpasswd | None = None, realm: str = "Dockyard",
                  issuer: TokenIssuer | None = None, verifier: TokenVerifier | None = None,
-                 token_realm: str = "", token_path: str = TOKEN_PATH):
+                 token_realm: str = "", token_path: str = TOKEN_PATH, guard: LoginGuard | None = None,
+                 proxies: TrustedProxies | None = None):
         self.rules = rules
+        self.guard = guard
+        self.proxies = proxies or TrustedProxies()
         self.htpasswd = htpasswd
         self.realm = realm
         self.issuer = issuer
@@ -169,8 +180,31 @@ class AuthMiddleware:
                 Options(options.entry, token, prefix="token."), context)
         elif htpasswd is None:
             raise options.error("htpasswd", "is required unless token authentication is configured")
+        guard = LoginGuard(context.buckets(), **cls._failed_logins(options))
         return cls(access_rules, htpasswd=htpasswd, realm=realm, issuer=issuer, verifier=verifier,
-                   token_realm=token_realm, token_path=token_path)
+                   token_realm=token_realm, token_path=token_path, guard=guard, proxies=context.config.proxies)
+
+    @staticmethod
+    def _failed_logins(options: Options) -> dict:
+        limits = {}
+        raw = options.get("failed_logins", dict, {})
+        sub = Options(options.entry, raw, prefix="failed_logins.")
+        for name, default in (("per_account", DEFAULT_PER_ACCOUNT), ("per_address", DEFAULT_PER_ADDRESS)):
+            table = sub.get(name, dict, {})
+            limit = Options(options.entry, table, prefix=f"failed_logins.{name}.")
+            limits[name] = Limit(limit.number("rate", default.rate),
+                                 limit.number("burst", default.burst, minimum=1))
+            limit.finish()
+        sub.finish()
+        return limits
+
+    def parts(self) -> dict:
+        """The stages of the request path this middleware acts at (see dockyard.server.pipeline)."""
+        parts = {"auth": self}
+        if self.guard is not None:
+            parts["throttle"] = LoginThrottle(self.guard, lambda req: client_address(req, self.proxies),
+                                              self.token_path)
+        return parts
 
     @staticmethod
     def _token_config(options: Options, context: MiddlewareContext):
@@ -216,8 +250,26 @@ class AuthMiddleware:
 
     # -- authentication --------------------------------------------------------------------------------------
 
-    def check_password(self, user: str, password: str) -> bool:
-        return self.htpasswd is not None and self.htpasswd.verify(user, password)
+    def check_password(self, req: falcon.Request, user: str, password: str) -> bool:
+        """The one door every password goes through: the failed-login policy first (429 before any bcrypt when
+        this account was tried too often from this address), then the htpasswd file."""
+        address = client_address(req, self.proxies)
+        if self.guard is not None:
+            self.guard.check(user, address)
+        if self.htpasswd is not None and self.htpasswd.verify(user, password):
+            return True
+        if self.guard is not None:
+            self.guard.failed(user, address)
+        return False
+
+    def check_credentials(self, req: falcon.Request, header_value: str) -> str | None:
+        """The user of `Basic` credentials whose password is right; None otherwise (malformed ones included)."""
+        credentials = _basic_credentials(header_value)
+        if credentials is None:
+            if self.guard is not None:
+                self.guard.failed("", client_address(req, self.proxies))
+            return None
+        return credentials[0] if self.check_password(req, *credentials) else None
 
     def challenge(self, req: falcon.Request, access: Access | None, error: str = "") -> str:
         if not self.token_mode:
@@ -248,10 +300,10 @@ class AuthMiddleware:
         if scheme == "basic":
             if value.strip() == ANONYMOUS_BASIC:
                 return Identity()  # containers/image answers a Basic challenge with empty credentials
-            credentials = _basic_credentials(value)
-            if credentials is None or not self.check_password(*credentials):
+            user = self.check_credentials(req, value)
+            if user is None:
                 raise self.unauthorized(req, None, "invalid username or password")
-            return Identity(credentials[0], scheme="basic")
+            return Identity(user, scheme="basic")
         if scheme == "bearer" and self.verifier is not None:
             try:
                 claims, own = self.verifier.verify(value.strip())
@@ -315,9 +367,7 @@ class AuthMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path == self.token_path:
             return  # the token endpoint checks its own credentials
-        req.context.auth_failed = True  # until authenticated: the ratelimit middleware counts failed logins
         identity = self.authenticate(req)
-        req.context.auth_failed = False
         req.context.identity = identity
         req.context.user = identity.user
         if is_admin_path(req.path):
@@ -353,29 +403,24 @@ class TokenResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         header = req.get_header("Authorization")
         user = None
-        req.context.auth_failed = False
         if header and header.partition(" ")[2].strip() != ANONYMOUS_BASIC:
-            req.context.auth_failed = True
             scheme, _, value = header.partition(" ")
-            credentials = _basic_credentials(value) if scheme.lower() == "basic" else None
-            if credentials is None or not self.auth.check_password(*credentials):
+            user = self.auth.check_credentials(req, value) if scheme.lower() == "basic" else None
+            if user is None:
                 raise self._refused(req)
-            user = credentials[0]
-            req.context.auth_failed = False
         self._answer(req, resp, user, req.get_param("service"), req.get_param_as_list("scope") or [])
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         length = req.content_length or 0
         if length > MAX_FORM:
             raise TooLarge({"reason": "form too large", "limit": MAX_FORM})
-        form = parse_qs(req.bounded_stream.read(length).decode("utf-8", "replace"), keep_blank_values=True)
+        form = parse_form(read_small(req.bounded_stream, MAX_FORM))
         grant_type = (form.get("grant_type") or [""])[0]
         if grant_type != "password":
             raise BadRequest({"grant_type": grant_type[:40], "reason": "only grant_type=password is supported"},
                              message="unsupported grant type")
         user, password = (form.get("username") or [""])[0], (form.get("password") or [""])[0]
-        if not user or not self.auth.check_password(user, password):
-            req.context.auth_failed = True
+        if not user or not self.auth.check_password(req, user, password):
             raise self._refused(req)
         self._answer(req, resp, user, (form.get("service") or [None])[0], form.get("scope") or [])
 

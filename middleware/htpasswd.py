@@ -32,10 +32,27 @@ BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
 CACHE_LIMIT = 10000
 
 
+BCRYPT_MAX = 72  # bcrypt uses the first 72 bytes of a password; htpasswd -B (and Apache) truncate there too
+
+
 @functools.cache
-def _dummy_hash() -> bytes:
-    """Checked against when the user is unknown, so a wrong user name costs as much as a wrong password."""
-    return bcrypt.hashpw(b"dockyard", bcrypt.gensalt(rounds=10))
+def _dummy_hash(cost: int) -> bytes:
+    """Checked against when the user is unknown, at the cost the file's own hashes use, so a wrong user name costs
+    exactly as much as a wrong password and the time of an answer never tells whether a user exists."""
+    return bcrypt.hashpw(b"dockyard", bcrypt.gensalt(rounds=cost))
+
+
+def _secret(password: str) -> bytes:
+    """What bcrypt sees of a password: its first 72 bytes of UTF-8, as htpasswd -B hashed it."""
+    return password.encode("utf-8", "surrogatepass")[:BCRYPT_MAX]
+
+
+def _cost(hashed: bytes) -> int | None:
+    try:
+        cost = int(hashed[4:6])
+    except ValueError:
+        return None
+    return cost if 4 <= cost <= 31 else None
 
 
 def parse(text: str, source: str = "htpasswd") -> dict[str, bytes]:
@@ -56,7 +73,7 @@ def parse(text: str, source: str = "htpasswd") -> dict[str, bytes]:
 
 def hash_password(password: str, rounds: int = 10) -> str:
     # htpasswd -B writes $2y$; bcrypt writes $2b$ (the same algorithm): keep the htpasswd spelling.
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+    hashed = bcrypt.hashpw(_secret(password), bcrypt.gensalt(rounds=rounds)).decode()
     return "$2y$" + hashed[4:]
 
 
@@ -139,6 +156,7 @@ class Htpasswd:
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._users: dict[str, bytes] = {}
+        self._dummy_cost = 10
         self._cache: dict[bytes, tuple[bytes, float]] = {}
         self._key = secrets.token_bytes(32)
         self._refresh()
@@ -159,6 +177,10 @@ class Htpasswd:
                 users = {}
             else:
                 users = parse(self.path.read_text(), str(self.path))
+            costs = [cost for cost in map(_cost, users.values()) if cost is not None]
+            # The cost most of the file's users have: with one cost for everyone (what `dockyard user add` and
+            # htpasswd -B -C N write) no answer's timing tells a known user from an unknown one.
+            self._dummy_cost = max(set(costs), key=costs.count) if costs else 10
             self._users, self._stamp = users, stamp
             self._cache.clear()
 
@@ -169,13 +191,14 @@ class Htpasswd:
     def verify(self, user: str, password: str) -> bool:
         self._refresh()
         hashed = self._users.get(user)
-        key = hmac.new(self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256).digest()
+        secret = _secret(password)
+        key = hmac.new(self._key, user.encode("utf-8", "surrogatepass") + b"\0" + secret, hashlib.sha256).digest()
         now = self._clock()
         cached = self._cache.get(key)
         if hashed is not None and cached is not None and cached[1] > now and hmac.compare_digest(cached[0], hashed):
             return True
         try:
-            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _dummy_hash())
+            ok = bcrypt.checkpw(secret, hashed if hashed is not None else _dummy_hash(self._dummy_cost))
         except ValueError:  # a malformed hash in the file
             ok = False
         if ok and hashed is not None:

@@ -17,20 +17,29 @@ import os
 import re
 import time
 import uuid
+from urllib.parse import unquote_plus
 import falcon
 
 from dockyard.server.observability import bytes_received, on_response_complete
 from dockyard.server.proxies import TrustedProxies
 
-from . import MiddlewareContext, Options
+from . import MiddlewareContext, Options, client_address
 from .access import required_access
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-SECRET_PARAMS_RE = re.compile(r"(?i)(^|&)((?:access_|refresh_|id_)?token|password|passwd|secret)=[^&]*")
+SECRET_NAME_RE = re.compile(r"(?i)((?:access_|refresh_|id_)?token|password|passwd|secret)")
 
 
 def scrub_query(query: str) -> str:
-    return SECRET_PARAMS_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", query)
+    """The query string with the value of every secret parameter replaced by `***`. Names are judged decoded
+    (`%61ccess_token` is `access_token`), as the application reads them; everything else is kept as sent."""
+    pieces = []
+    for piece in query.split("&"):
+        name, sep, _ = piece.partition("=")
+        if SECRET_NAME_RE.fullmatch(unquote_plus(name).strip()):
+            piece = f"{name}=***"
+        pieces.append(piece)
+    return "&".join(pieces)
 
 
 class AppendHandler(logging.Handler):
@@ -86,7 +95,7 @@ class AccessLog:
         ctx.log_started = self._timer()
         incoming = req.get_header("X-Request-ID")
         ctx.request_id = incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else self._new_id()
-        ctx.client_address = self.trusted_proxies.client_address(req.remote_addr, req.get_header("X-Forwarded-For"))
+        client_address(req, self.trusted_proxies)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params: dict) -> None:
         req.context.log_access = required_access(req.method, req.path, req.uri_template, params)

@@ -180,9 +180,10 @@ def _is_number(value) -> bool:
 def granted_actions(claims: dict) -> dict[tuple[str, str], set[str]]:
     """(type, name) -> actions, from a token's `access` claim."""
     grants: dict[tuple[str, str], set[str]] = {}
-    for entry in claims.get("access") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            actions = entry.get("actions") or []
-            grants.setdefault((str(entry.get("type")), entry["name"]), set()).update(
-                a for a in actions if isinstance(a, str))
+    access = claims.get("access")
+    for entry in access if isinstance(access, list) else []:  # a claim of another shape grants nothing
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("type"), str):
+            actions = entry.get("actions")
+            grants.setdefault((entry["type"], entry["name"]), set()).update(
+                a for a in (actions if isinstance(actions, list) else []) if isinstance(a, str))
     return grants

@@ -4,19 +4,49 @@
 takes what gunicorn's parser has already buffered and then `recv_into`s the rest straight from the client socket
 into the store's buffers, skipping the several copies gunicorn's own body reader makes per block (measured: that
 reader alone capped a 1 GiB push at ~340 MB/s here). It is used only when the input is exactly the gunicorn object
-it knows, and it marks the body consumed so keep-alive goes on as usual; anything else takes `StreamSource`.
+it knows, and after every read it tells gunicorn exactly where the body stands (what is left of it, and the bytes
+buffered after it), so that a body abandoned half-way (a full disk, a refusal) is drained or its connection closed
+by the server, never parsed as the next request; anything else takes `StreamSource`.
 """
 
 from __future__ import annotations
 
 from typing import BinaryIO, Protocol
 
-from .errors import SizeInvalid
+from .errors import BadRequest, SizeInvalid
 
 
 class Source(Protocol):
     def readinto(self, buf: memoryview) -> int:
         """Fill `buf` as far as the body allows; 0 at the end of the body. SIZE_INVALID if it ends early."""
+
+
+def _read(stream: BinaryIO, size: int) -> bytes:
+    """One read of a request body. A body the server cannot parse (a malformed chunked encoding) is BAD_REQUEST; a
+    body that ends because the client went away is SIZE_INVALID (nobody reads the answer, but it is no 500)."""
+    try:
+        return stream.read(size)
+    except OSError as exc:  # gunicorn's NoMoreData is an IOError; a reset connection an OSError
+        raise SizeInvalid({"reason": f"the request body ended early: {type(exc).__name__}"},
+                          message="request body ended early") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("gunicorn.http"):  # InvalidChunkSize, ChunkMissingTerminator, ...
+            raise BadRequest({"reason": f"malformed request body: {type(exc).__name__}"},
+                             message="malformed request body") from None
+        raise
+
+
+def read_small(stream: BinaryIO, limit: int) -> bytes:
+    """A small body (a manifest, a form, an admin request) read whole, but never more than `limit` + 1 bytes: the
+    caller refuses a body longer than `limit` (TOO_LARGE) without having read the rest."""
+    parts, total = [], 0
+    while total <= limit:
+        data = _read(stream, limit + 1 - total)
+        if not data:
+            break
+        parts.append(data)
+        total += len(data)
+    return b"".join(parts)
 
 
 def _short(length: int, received: int) -> SizeInvalid:
@@ -35,7 +65,7 @@ class StreamSource:
         want = len(buf) if self._remaining is None else min(len(buf), self._remaining)
         filled = 0
         while filled < want:
-            data = self._stream.read(want - filled)
+            data = _read(self._stream, want - filled)
             if not data:
                 break
             buf[filled:filled + len(data)] = data
@@ -56,20 +86,25 @@ class GunicornSource:
         self._length = length
         self._remaining = length
         self._pending = memoryview(b"")
+        self._after = b""  # bytes gunicorn had buffered past this body (a pipelined next request)
 
     def _take_over(self) -> None:
         """Done at the first read, not before: a request refused unread leaves gunicorn to drain its body."""
         reader = self._body.reader
         buffered = reader.unreader.buf.getvalue()
         self._pending = memoryview(buffered[:self._length])
-        # Bytes past this body (a pipelined next request) stay with gunicorn.
-        reader.unreader.buf = type(reader.unreader.buf)()
-        reader.unreader.buf.write(buffered[self._length:])
-        reader.length = 0  # gunicorn now sees the body as consumed
-        # ... so until its last byte is read, the connection must not serve another request: a store failing
-        # mid-body would otherwise leave the rest of the body to be parsed as the next request.
-        self._body.failed = self._remaining > 0
+        self._after = buffered[self._length:]
         self._sock = reader.unreader.sock
+
+    def _sync(self) -> None:
+        """Leave gunicorn's reader as if it had read what we did: the unread part of the body is still to come
+        (what we hold of it back in its buffer, the rest on the socket), and the bytes after the body follow."""
+        reader = self._body.reader
+        buf = type(reader.unreader.buf)()
+        buf.write(bytes(self._pending))
+        buf.write(self._after)
+        reader.unreader.buf = buf
+        reader.length = self._remaining
 
     @classmethod
     def wrap(cls, environ: dict, length: int | None) -> "GunicornSource | None":
@@ -99,12 +134,16 @@ class GunicornSource:
                 if not n:
                     raise _short(self._length, self._length - self._remaining + filled)
                 filled += n
-        except BaseException:
+        except OSError as exc:
             self._body.failed = True  # the connection's position is unknown: gunicorn must not reuse it
+            raise SizeInvalid({"reason": f"the request body ended early: {type(exc).__name__}"},
+                              message="request body ended early") from None
+        except BaseException:
+            self._body.failed = True
             raise
-        self._remaining -= filled
-        if not self._remaining:
-            self._body.failed = False  # read to its end: the connection may go on
+        finally:
+            self._remaining -= filled
+            self._sync()
         return filled
 
 

@@ -87,7 +87,13 @@ class Config:
     storage: StorageConfig = _setting(StorageConfig(), "Where blobs live: a TOML table `[storage]` (keys: "
                                       "`StorageConfig`); each key also as `DOCKYARD_STORAGE_<KEY>`.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
-    threads: int = _setting(8, "Threads per worker (gthread); blob transfers hold one each.", minimum=1)
+    threads: int = _setting(64, "Threads per worker; a request holds one while it runs (a blob transfer for as long as "
+                            "it takes), idle connections and request headers hold none.", minimum=1)
+    header_timeout: int = _setting(10, "Seconds a client has to send a request's line and headers (from when its "
+                                   "connection becomes readable); then the connection is closed.", minimum=1)
+    body_timeout: int = _setting(60, "Seconds a request body or a response may go without a byte moving before "
+                                 "its connection is closed (a stalled upload or download frees its thread).",
+                                 minimum=1)
     timeout: int = _setting(120, "Seconds a silent worker may stay unresponsive before gunicorn restarts it.",
                             minimum=1)
     max_manifest_size: int = _setting(4 * 1024 * 1024, "Largest manifest accepted, in bytes (the spec asks for "
@@ -96,6 +102,9 @@ class Config:
                                   "a Link header points to the rest.", minimum=1)
     io_block_size: int = _setting(1024 * 1024, "Bytes read per system call while streaming blobs in and out.",
                                   minimum=4096)
+    min_free_space: int = _setting(256 * 1024 * 1024, "Bytes uploads leave free on the data directory's filesystem "
+                                   "(at most 5% of it), so deletes and the database always have room; an upload "
+                                   "that would go below is refused with 507 INSUFFICIENT_STORAGE.", minimum=0)
     sendfile: bool = _setting(False, "Let gunicorn send blobs with sendfile(2). Off by default: on loopback a "
                               "read loop measured faster here; behind nginx use X-Accel-Redirect instead.")
     accel_redirect: str = _setting("", "Behind nginx: the `internal` location prefix aliased to the blob directory "
@@ -121,6 +130,10 @@ class Config:
                                         "(never children of a tagged index, nor referrers of a live manifest).")
     upload_max_age: int = _setting(86400, "Seconds an upload session may stay idle before garbage collection "
                                    "purges it with its data.", minimum=60)
+    upload_sessions_per_repository: int = _setting(500, "Upload sessions a repository may have open at once "
+                                                   "(0: no limit); one more is refused with 429.", minimum=0)
+    upload_sessions_per_user: int = _setting(1000, "Upload sessions one user may have open at once, across "
+                                             "repositories (0: no limit); one more is refused with 429.", minimum=0)
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")

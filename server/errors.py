@@ -7,7 +7,8 @@ each with exactly one HTTP status: a raise site chooses the code, never the stat
 - The OCI Distribution Spec's codes (spec.md, "Error Codes").
 - Codes of the Docker V2 API and of Distribution's error registry that clients already know: TAG_INVALID,
   RANGE_INVALID, PAGINATION_NUMBER_INVALID, UNKNOWN, UNAVAILABLE.
-- Dockyard's own, for what neither names: BAD_REQUEST, NOT_FOUND (no such endpoint), TOO_LARGE.
+- Dockyard's own, for what neither names: BAD_REQUEST, NOT_FOUND (no such endpoint), TOO_LARGE,
+  INSUFFICIENT_STORAGE (507: a full disk is a condition the client is told about, not a 500).
 
 This module never imports falcon.
 """
@@ -15,6 +16,7 @@ This module never imports falcon.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 # code -> (HTTP status, message). The single source of truth for both.
@@ -44,6 +46,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "BAD_REQUEST": (400, "malformed request"),
     "NOT_FOUND": (404, "no such endpoint"),
     "TOO_LARGE": (413, "request body too large"),
+    "INSUFFICIENT_STORAGE": (507, "the registry's storage is full"),
 }
 
 
@@ -90,6 +93,7 @@ Unavailable = _error_class("UNAVAILABLE")
 BadRequest = _error_class("BAD_REQUEST")
 NotFound = _error_class("NOT_FOUND")
 TooLarge = _error_class("TOO_LARGE")
+InsufficientStorage = _error_class("INSUFFICIENT_STORAGE")
 
 BY_CODE: dict[str, type[RegistryError]] = {cls.code: cls for cls in RegistryError.__subclasses__()}
 # The code for each status the framework itself may answer (an unknown route, a method not allowed, ...).
@@ -98,8 +102,27 @@ _BY_STATUS.update({400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "UNSUPPORTED", 500
 
 
 def error_body(*errors: RegistryError) -> bytes:
-    """Serialize errors in the spec's shape."""
-    return json.dumps({"errors": [e.to_dict() for e in errors]}, separators=(",", ":")).encode()
+    """Serialize errors in the spec's shape: always valid JSON, whatever a detail holds (a value JSON cannot say,
+    such as NaN, or an object of another type, is written as its text)."""
+    document = {"errors": [e.to_dict() for e in errors]}
+    try:
+        return json.dumps(document, separators=(",", ":"), allow_nan=False, default=str).encode()
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps(_json_safe(document), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def error_for_status(status: int, detail: Any = None, message: str | None = None) -> RegistryError:

@@ -7,12 +7,12 @@ bytes themselves are kept exactly as pushed.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .errors import DigestInvalid, ManifestInvalid
-from .metadata import NewManifest
+from .model import NewManifest
 from .names import Digest, parse_digest
+from .parsing import manifest_document
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -58,10 +58,7 @@ def _descriptors(value: Any, where: str) -> list[dict]:
 
 def parse_manifest(data: bytes, content_type: str | None, digest: Digest) -> NewManifest:
     """Validate a pushed manifest. `digest` is its already verified digest."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _invalid(f"not valid JSON: {exc}") from None
+    document = manifest_document(data)
     if not isinstance(document, dict):
         raise _invalid("manifest is not a JSON object")
     if document.get("schemaVersion") != 2:

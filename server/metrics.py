@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import math
 import mmap
 import os
@@ -32,6 +33,8 @@ _LENGTH = struct.Struct("<I")
 _VALUE = struct.Struct("<d")
 _INITIAL_SIZE = 64 * 1024
 
+log = logging.getLogger("dockyard")
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -43,17 +46,22 @@ class Family:
     buckets: tuple = ()
 
 
+def _allocate_file(fd: int, size: int) -> None:
+    """Give the file real blocks up to `size` (posix_fallocate), never a sparse hole: touching a page of a
+    memory-mapped hole on a full disk (or a full tmpfs) is SIGBUS, which kills the worker; a failed fallocate is an
+    OSError (ENOSPC) the caller can live with."""
+    os.posix_fallocate(fd, 0, size)
+
+
 class ProcessFile:
-    """This process's memory-mapped sample file."""
+    """This process's memory-mapped sample file, its blocks allocated before they are mapped."""
 
     def __init__(self, path: Path):
         self.path = path
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            size = os.fstat(fd).st_size
-            if size < _INITIAL_SIZE:
-                os.ftruncate(fd, _INITIAL_SIZE)
-                size = _INITIAL_SIZE
+            size = max(os.fstat(fd).st_size, _INITIAL_SIZE)
+            _allocate_file(fd, size)
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -83,10 +91,10 @@ class ProcessFile:
             size = len(self._map)
             while size < needed:
                 size *= 2
-            self._map.close()
             fd = os.open(self.path, os.O_RDWR)
             try:
-                os.ftruncate(fd, size)
+                _allocate_file(fd, size)  # before the old map goes: on ENOSPC this file stays as it was
+                self._map.close()
                 self._map = mmap.mmap(fd, size)
             finally:
                 os.close(fd)
@@ -171,6 +179,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._keys: dict[tuple, str] = {}
         self._histograms: dict[tuple, tuple] = {}
+        self._unrecorded = 0  # samples dropped for want of disk space
 
     @staticmethod
     def reset(directory: str | os.PathLike) -> None:
@@ -236,11 +245,17 @@ class Metrics:
         return self._key(name, "", labels)
 
     def add(self, additions: list[tuple[str, float]]) -> None:
-        """Several additions under one lock: what one request records."""
+        """Several additions under one lock: what one request records. With no room for the samples (a full disk),
+        they are not recorded, once said in the log; the request is not failed for it."""
         with self._lock:
-            file = self._process_file()
-            for key, amount in additions:
-                file.add(key, amount)
+            try:
+                file = self._process_file()
+                for key, amount in additions:
+                    file.add(key, amount)
+            except OSError as exc:
+                if not self._unrecorded:
+                    log.warning("metrics not recorded: %s (%s)", exc.strerror or exc, self.directory)
+                self._unrecorded += 1
 
     # -- reading -------------------------------------------------------------------------------------------------
 

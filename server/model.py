@@ -48,6 +48,13 @@ class UploadSession:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """How many upload sessions may be open at once, per repository and per user (0: no limit)."""
+    per_repository: int = 0
+    per_user: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class StoredBlob:
     """A blob the store has verified and made durable under `key`; not visible until the metadata records it."""
     digest: str

@@ -174,6 +174,8 @@ class InstrumentedApp(falcon.App):
 
         def capture(status, headers, exc_info=None):
             response["status"], response["headers"] = status, headers
+            if status[:1] in ("4", "5") and _has_body(env):
+                close_after_response(start_response)
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         finished = []
@@ -236,6 +238,21 @@ class InstrumentedApp(falcon.App):
         if sent:
             additions.append((metrics.key(BYTES_OUT, (("route", route),)), sent))
         metrics.add(additions)
+
+
+def _has_body(env: dict) -> bool:
+    return _int(env.get("CONTENT_LENGTH")) > 0 or "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
+def close_after_response(start_response) -> None:
+    """An error answered before its request's body was read (a refusal, a full disk, a body too large): the
+    response says `Connection: close`, and the server (server.worker) reads and throws away what is left of the
+    body, up to a bound, so the client can read the answer, then closes. Under gunicorn, `start_response` is a
+    method of its Response, which is how the app reaches it; any other server is left alone."""
+    response = getattr(start_response, "__self__", None)
+    force_close = getattr(response, "force_close", None)
+    if callable(force_close):
+        force_close()
 
 
 def _int(value) -> int:

@@ -9,9 +9,10 @@ for requests a component refused (the app runs middleware independently). So:
    logged, refused ones included (a read-only refusal, a bad path, a 401, a 429).
 2. `urls` (built-in): the external base URL that Location, Link and the token realm are built from.
 3. `headers` (built-in): the API version header on every response, and the path checks: a request whose path is
-   not in canonical form is refused here, before anything decides on the path.
-4. `throttle` (from `ratelimit`): failed logins per client address. Before `auth`, so a flood of wrong passwords
-   from one address never costs a bcrypt check each.
+   not in canonical form is refused here, before anything decides on the path; after routing, access is judged on
+   the route template the router matched (`dockyard.middleware.access.required_access`).
+4. `throttle` (from `auth`): failed logins per client address. Before `auth` reads credentials, so a flood of wrong
+   passwords from one address never costs a bcrypt check each.
 5. `auth` (configured): who is asking (in process_request) and whether they may (in process_resource).
 6. `read-only` (built-in): maintenance mode refuses writes with 503 UNAVAILABLE, after authorization: an anonymous
    caller is asked to authenticate first, like for any write.
@@ -34,8 +35,9 @@ import falcon
 from dockyard.middleware import MiddlewareContext, build_chain, stage_of
 
 from .config import Config, ConfigError
-from .errors import NameInvalid, Unavailable
+from .errors import Unavailable
 from .observability import RouteLabel
+from .parsing import check_path
 from .registry import Registry
 from .routes import API_ROOT, is_admin_path
 from .urls import ExternalURLs
@@ -47,12 +49,11 @@ STAGES = ("logging", "urls", "headers", "throttle", "auth", "read-only", "rateli
 
 
 class RegistryHeaders:
-    """Adds the API version header to every response, errors included, and refuses encoded slashes in paths."""
+    """Adds the API version header to every response, errors included, and refuses any path not in canonical form
+    (`parsing.check_path`), so that every later decision judges the one spelling the router routes."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw = req.env.get("RAW_URI") or req.env.get("REQUEST_URI") or ""
-        if "%2f" in raw.split("?", 1)[0].lower():
-            raise NameInvalid({"path": raw[:300]}, message="encoded slashes are not allowed in the path")
+        check_path(req.path, req.env.get("RAW_URI") or req.env.get("REQUEST_URI"))
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         resp.set_header(*API_VERSION_HEADER)

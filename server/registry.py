@@ -9,7 +9,6 @@ same rules hold everywhere. The commit and delete protocol between the blob stor
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,12 +22,13 @@ from .errors import (BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestUnkn
 from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata
-from .model import BlobRecord, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadSession, UploadState
+from .model import (BlobRecord, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadLimits, UploadSession,
+                    UploadState)
 from .names import Digest, parse_digest, parse_reference
+from .parsing import content_range
 from .quotas import Quota
 from .storage import BlobStore
 
-CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})")
 
 
 @dataclass(slots=True)
@@ -58,6 +58,7 @@ class Registry:
         self.clock = clock
         self._new_id = new_id
         self.quotas = tuple(Quota(pattern, limit) for pattern, limit in config.quotas)
+        self.upload_limits = UploadLimits(config.upload_sessions_per_repository, config.upload_sessions_per_user)
         self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
         self._manifest_bytes = BoundedCache(max_bytes=32 * 1024 * 1024)
         self._read_only_checked = (-1.0, False)
@@ -92,9 +93,11 @@ class Registry:
 
     # -- uploads -------------------------------------------------------------------------------------------------
 
-    def start_upload(self, name: str) -> UploadSession:
+    def start_upload(self, name: str, owner: str | None = None) -> UploadSession:
+        """Open a session for `owner` (the user asking; None for anonymous callers)."""
         session_id = self._new_id()
-        self._metadata.create_upload(name, session_id)  # the row first: the store never holds bytes nobody records
+        # The row first: the store never holds bytes nobody records.
+        self._metadata.create_upload(name, session_id, owner=owner, limits=self.upload_limits)
         try:
             state = self._store.open_upload(session_id)
             if state != UploadState():
@@ -113,7 +116,7 @@ class Registry:
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)  # re-read under the lock: another worker may have moved it
             self._check_range(session, body)
-            self._check_quota_room(name, session.length + (body.length or 0))
+            self._check_room(name, session.length, body)
             self._append(session, body)
             return session
 
@@ -127,6 +130,7 @@ class Registry:
             session = self._session(name, session_id)
             if body.length or body.length is None:
                 self._check_range(session, body)
+                self._check_room(name, session.length, body)
                 self._append(session, body)
             stored = self._commit(session, parsed)
         return self._record(name, stored, session_id)
@@ -138,12 +142,12 @@ class Registry:
             self._metadata.delete_upload(session_id)
             self._store.abort_upload(session_id, session.state)
 
-    def monolithic_upload(self, name: str, digest: str, body: Body) -> StoredBlob:
+    def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None) -> StoredBlob:
         """POST ...?digest= with the whole blob as the body: a session of one request."""
         parsed = parse_digest(digest)
-        self._check_quota_room(name, body.length or 0)
+        self._check_room(name, 0, body)
         session_id = self._new_id()
-        self._metadata.create_upload(name, session_id, monolithic=True)
+        self._metadata.create_upload(name, session_id, monolithic=True, owner=owner, limits=self.upload_limits)
         session = UploadSession(session_id, name, UploadState(), 0.0, 0.0, monolithic=True)
         try:
             session.state = self._store.open_upload(session_id)
@@ -197,21 +201,24 @@ class Registry:
         """Chunks must arrive in order: a Content-Range must start where the session ends (416 otherwise)."""
         if not body.content_range:
             return
-        match = CONTENT_RANGE_RE.fullmatch(body.content_range.strip())
-        if not match:
-            raise RangeInvalid({"Content-Range": body.content_range[:100]}, message="malformed Content-Range")
-        start, end = int(match.group(1)), int(match.group(2))
-        if start != session.length or end < start:
-            raise RangeInvalid({"Content-Range": body.content_range, "expected_start": session.length},
+        start, end = content_range(body.content_range)
+        if start != session.length:
+            raise RangeInvalid({"Content-Range": body.content_range[:100], "expected_start": session.length},
                                message="chunk out of order")
         if body.length is not None and body.length != end - start + 1:
-            raise RangeInvalid({"Content-Range": body.content_range, "Content-Length": body.length},
+            raise RangeInvalid({"Content-Range": body.content_range[:100], "Content-Length": body.length},
                                message="Content-Range does not match Content-Length")
 
     # -- quotas and read-only mode -------------------------------------------------------------------------------
 
     def quotas_for(self, name: str) -> tuple[Quota, ...]:
         return tuple(q for q in self.quotas if q.applies_to(name))
+
+    def _check_room(self, name: str, stored: int, body: Body) -> None:
+        """Refuse a body before reading it when it cannot fit: in a quota (the commit re-checks exactly, inside
+        its transaction) or in the store."""
+        self._check_quota_room(name, stored + (body.length or 0))
+        self._store.room_for(body.length or 0)
 
     def _check_quota_room(self, name: str, incoming: int) -> None:
         """Refuse a body early when it cannot fit (the commit re-checks exactly, inside its transaction)."""

@@ -5,14 +5,16 @@
 
 Why these values (measured with deploy/measure_workers.py; figures in deploy/README.md):
 
-- `gthread` workers. A blob upload holds its worker's thread for as long as the client takes to send the layer
-  (nginx streams it through, unbuffered). With `sync` workers each upload takes a whole process, so a handful of
-  slow pushes stop the registry answering anything else, and gunicorn's `timeout` kills a sync worker whose
-  single request runs longer than it: a multi-gigabyte push would be cut off. gthread's heartbeat comes from the
-  worker's main loop, not from the request, so long transfers are never killed, and the other threads keep
-  serving manifests and tags while they run.
-- workers: two per core by default (`workers` setting); threads: 8 per worker (`threads`). Hashing, socket reads and
-  file writes release the GIL, so blob transfers overlap; manifest requests are short.
+- gthread workers, as Dockyard's own `worker.DockyardWorker`. A blob upload holds its worker's thread for as long
+  as the client takes to send the layer (nginx streams it through, unbuffered). With `sync` workers each upload
+  takes a whole process, so a handful of slow pushes stop the registry answering anything else, and gunicorn's
+  `timeout` kills a sync worker whose single request runs longer than it: a multi-gigabyte push would be cut off.
+  gthread's heartbeat comes from the worker's main loop, not from the request, so long transfers are never killed,
+  and the other threads keep serving manifests and tags while they run. DockyardWorker reads request headers in
+  the event loop, times out stalled bodies and downloads, and accepts only with a free thread (its docstring).
+- workers: two per core by default (`workers` setting); threads: 64 per worker (`threads`): idle and slow-header
+  connections hold no thread, so threads only bound concurrent requests (stalled uploads included, until
+  `body_timeout`). Hashing, socket reads and file writes release the GIL, so blob transfers overlap.
 - `preload_app`: the app is built (and the database migrated) once in the master, before forking.
 - `forwarded_allow_ips` is `trusted_proxies`: gunicorn believes X-Forwarded-Proto from exactly the peers the app
   believes X-Forwarded-Host from, and from nobody when it is empty.
@@ -28,7 +30,7 @@ from typing import Any
 from .config import Config
 from .metrics import Metrics
 
-WORKER_CLASS = "gthread"
+WORKER_CLASS = "dockyard.server.worker.DockyardWorker"
 GRACEFUL_TIMEOUT = 30
 KEEPALIVE = 75
 

@@ -25,8 +25,9 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Callable, Iterable, Iterator, Sequence
 
-from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadSession,
-                     UploadState)
+from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadLimits,
+                     UploadSession, UploadState)
+from ..errors import TooManyRequests, Unsupported
 from ..quotas import Quota
 
 
@@ -122,12 +123,17 @@ class Metadata(ABC):
         """Link a blob readable in `source` into `repository`; None when `source` cannot read it."""
 
     @abstractmethod
-    def unlink_blob(self, repository: str, digest: str, *, events: Sequence[NewEvent] = ()) -> bool: ...
+    def unlink_blob(self, repository: str, digest: str, *, events: Sequence[NewEvent] = ()) -> bool:
+        """Make a blob unreadable in `repository`; UNSUPPORTED while a manifest of the repository uses it (its
+        pulls would break: delete the manifest first); False when it was not readable there."""
 
     # -- upload sessions -----------------------------------------------------------------------------------------
 
     @abstractmethod
-    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False) -> None: ...
+    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False, owner: str | None = None,
+                      limits: UploadLimits = UploadLimits()) -> None:
+        """Open a session for `owner` (a user name; None for anonymous). TOOMANYREQUESTS when the repository or the
+        owner already has as many open as `limits` allow (counted in the same transaction)."""
 
     @abstractmethod
     def upload(self, repository: str, session_id: str) -> UploadSession | None: ...
@@ -233,6 +239,21 @@ class Metadata(ABC):
     @abstractmethod
     def events_after(self, after: int, limit: int = 100) -> list[tuple[int, NewEvent, float]]:
         """Outbox rows with an id above `after`, oldest first: (id, event, created_at)."""
+
+
+def too_many_sessions(scope: str, limit: int) -> TooManyRequests:
+    """The refusal of one upload session too many (`create_upload`), the same from every driver."""
+    return TooManyRequests({"reason": f"too many open upload sessions for this {scope}", "scope": scope,
+                            "limit": limit}, headers={"Retry-After": "60"},
+                           message=f"too many open upload sessions: a {scope} may have {limit}; finish or cancel "
+                                   "some, or wait for idle ones to expire")
+
+
+def blob_in_use(digest: str, manifests: list[str]) -> Unsupported:
+    """The refusal of a blob delete while manifests of the repository use the blob, the same from every driver."""
+    return Unsupported({"digest": digest, "used_by": manifests,
+                        "reason": "manifests of this repository use the blob: delete them first"},
+                       message="the blob is used by a manifest of this repository; delete the manifest first")
 
 
 def open_metadata(config, *, clock: Callable[[], float]) -> Metadata:

@@ -7,12 +7,17 @@ for the database (WAL readers see the last commit), and writers from all workers
 next one the moment it is released, instead of SQLite's busy handler, which sleeps and retries. Every write is one
 `BEGIN IMMEDIATE` transaction, so a writer takes the database lock up front instead of failing to upgrade a read
 lock under contention. Schema: numbered migrations in `sqlite_schema.py`.
+
+A full disk: SQLITE_FULL is INSUFFICIENT_STORAGE (507), never a 500. A preallocated reserve file beside the database
+(`registry.db.reserve`) is given up when the filesystem is about to be full, so the transactions that free space
+(deletes, garbage collection) can still commit; it is taken back once there is room again.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -23,14 +28,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from sqlite_utils import Database
 
-from ..errors import ManifestBlobUnknown, Unavailable
-from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadSession,
-                     UploadState)
+from ..errors import InsufficientStorage, ManifestBlobUnknown, Unavailable
+from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadLimits,
+                     UploadSession, UploadState)
 from ..quotas import Quota
-from . import Lifecycle, Metadata
+from . import Lifecycle, Metadata, blob_in_use, too_many_sessions
 from .sqlite_queries import (DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE, ORPHAN_MANIFEST_CONTENT,
                              REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS, TAG_PAGE)
 from .sqlite_schema import migrations
+
+log = logging.getLogger("dockyard")
 
 BLOB_IN_REPOSITORY = (
     "SELECT b.digest, b.size, b.key FROM repositories r JOIN repository_blobs rb ON rb.repository_id = r.id "
@@ -41,6 +48,19 @@ LINK = ("INSERT INTO repository_blobs (repository_id, digest, created_at, refere
         "ON CONFLICT DO UPDATE SET created_at = excluded.created_at, referenced = 0 "
         "WHERE NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.repository_id = excluded.repository_id "
         "AND r.child = excluded.digest)")
+
+
+RESERVE = 8 * 1024 * 1024  # room kept beside the database for the writes that free space
+SQLITE_FULL = 13
+
+
+def registry_error(exc: sqlite3.Error):
+    """The registry error a database error means for the client: a full disk, or the database unavailable."""
+    if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "database or disk is full" in str(exc):
+        return InsufficientStorage({"database": "full"}, headers={"Retry-After": "60"},
+                                   message="the registry's storage is full")
+    return Unavailable({"database": str(exc)[:200]}, headers={"Retry-After": "5"},
+                       message=f"the database is unavailable: {exc}")
 
 
 class SqliteMetadata(Metadata):
@@ -57,7 +77,10 @@ class SqliteMetadata(Metadata):
         self._reader: sqlite3.Connection | None = None
         self._write_fd = -1
         self._pid = 0
+        self._reserve = Path(f"{self.path}.reserve")
+        self._writes = 0
         self.migrate()
+        self._keep_room(force=True)
         # gunicorn forks after this (preload_app): never carry an open SQLite connection across fork.
         self.close()
 
@@ -118,17 +141,22 @@ class SqliteMetadata(Metadata):
                 raise sqlite3.OperationalError(f"database {os.fspath(self.path)!r} does not exist")
             with closing(sqlite3.connect(self.path, timeout=5, isolation_level=None)) as conn:
                 conn.execute("SELECT 1 FROM repositories LIMIT 1").fetchall()
+            self._keep_room(force=True)
         except sqlite3.Error as exc:
             raise Unavailable({"database": str(exc)}, message=f"the database does not answer: {exc}") from None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._read_lock:
-            yield self._reader_connection()
+            try:
+                yield self._reader_connection()
+            except sqlite3.Error as exc:
+                raise registry_error(exc) from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._write_lock:
+            self._keep_room()
             conn = self.db.conn
             if self._write_fd < 0:
                 self._write_fd = os.open(f"{self.path}.writelock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -138,11 +166,35 @@ class SqliteMetadata(Metadata):
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL does)
+                        conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise registry_error(exc) from None
             finally:
                 fcntl.flock(self._write_fd, fcntl.LOCK_UN)
+
+    def _keep_room(self, *, force: bool = False) -> None:
+        """Give up the reserve beside the database when the disk is about to be full (this write may need it);
+        take it back, now and then, once there is room again."""
+        self._writes += 1
+        try:
+            st = os.statvfs(self.path.parent)
+            free = st.f_bavail * st.f_frsize
+            if free < RESERVE and self._reserve.exists():
+                self._reserve.unlink(missing_ok=True)
+                log.warning("the disk of %s is nearly full: its reserve is given up so deletes can commit", self.path)
+            elif (force or self._writes % 200 == 0) and free > 4 * RESERVE and not self._reserve.exists():
+                fd = os.open(self._reserve, os.O_CREAT | os.O_WRONLY, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE)
+                finally:
+                    os.close(fd)
+        except OSError:
+            pass  # no room even for the reserve: the next look tries again
 
     def _add_events(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> None:
         if events:
@@ -243,6 +295,11 @@ class SqliteMetadata(Metadata):
 
     def unlink_blob(self, repository: str, digest: str, *, events: Sequence[NewEvent] = ()) -> bool:
         with self._write() as conn:
+            users = [row[0] for row in conn.execute(
+                "SELECT r.digest FROM manifest_references r JOIN repositories p ON p.id = r.repository_id "
+                "WHERE p.name = ? AND r.child = ? AND r.kind = 'blob' LIMIT 5", (repository, digest))]
+            if users:
+                raise blob_in_use(digest, users)
             cur = conn.execute(
                 "DELETE FROM repository_blobs WHERE digest = ? AND repository_id = "
                 "(SELECT id FROM repositories WHERE name = ?)", (digest, repository))
@@ -252,12 +309,23 @@ class SqliteMetadata(Metadata):
 
     # -- upload sessions -----------------------------------------------------------------------------------------
 
-    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False) -> None:
+    def create_upload(self, repository: str, session_id: str, *, monolithic: bool = False, owner: str | None = None,
+                      limits: UploadLimits = UploadLimits()) -> None:
         now = self._clock()
         with self._write() as conn:
             repository_id = self._ensure_repository(conn, repository)
-            conn.execute("INSERT INTO uploads (id, repository_id, length, state, created_at, updated_at, monolithic) "
-                         "VALUES (?, ?, 0, NULL, ?, ?, ?)", (session_id, repository_id, now, now, int(monolithic)))
+            if limits.per_repository:
+                open_here = conn.execute("SELECT COUNT(*) FROM uploads WHERE repository_id = ?",
+                                         (repository_id,)).fetchone()[0]
+                if open_here >= limits.per_repository:
+                    raise too_many_sessions("repository", limits.per_repository)
+            if limits.per_user and owner is not None:
+                open_by = conn.execute("SELECT COUNT(*) FROM uploads WHERE owner = ?", (owner,)).fetchone()[0]
+                if open_by >= limits.per_user:
+                    raise too_many_sessions("user", limits.per_user)
+            conn.execute("INSERT INTO uploads (id, repository_id, length, state, created_at, updated_at, monolithic, "
+                         "owner) VALUES (?, ?, 0, NULL, ?, ?, ?, ?)",
+                         (session_id, repository_id, now, now, int(monolithic), owner))
 
     def upload(self, repository: str, session_id: str) -> UploadSession | None:
         with self._read() as conn:

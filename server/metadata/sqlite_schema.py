@@ -14,6 +14,7 @@ Never edit an applied migration: add the next number. Tables:
 - counters            change counters that let workers cache listings (0003; repositories.tags_version too)
 - pending_deletes     storage keys of forgotten blobs whose bytes are still to be deleted (0004)
 - events              the outbox: events written in the transaction of the change they describe (0004)
+- uploads.owner       who opened a session, for the limit of open sessions per user (0005)
 """
 
 from __future__ import annotations
@@ -185,4 +186,14 @@ def _storage_keys(db: Database) -> None:
             payload TEXT NOT NULL,
             created_at REAL NOT NULL
         );
+    """)
+
+
+@migrations(name="0005_upload_owners")
+def _upload_owners(db: Database) -> None:
+    """Open upload sessions are limited per repository and per user: who opened each, and indexes to count them."""
+    _run(db, """
+        ALTER TABLE uploads ADD COLUMN owner TEXT;
+        CREATE INDEX uploads_repository ON uploads(repository_id);
+        CREATE INDEX uploads_owner ON uploads(owner) WHERE owner IS NOT NULL;
     """)

@@ -7,11 +7,12 @@ resource, these only parse, call the `Registry`, and shape the answer.
 from __future__ import annotations
 
 import datetime
-import json
 
 import falcon
 
-from ..errors import BadRequest
+from ..bodies import read_small
+from ..errors import BadRequest, TooLarge
+from ..parsing import boolean, count, json_document
 from ..routes import ADMIN_REPOSITORIES
 from .base import Resource, pagination, set_next_link
 
@@ -19,27 +20,20 @@ from .base import Resource, pagination, set_next_link
 def _json_body(req: falcon.Request) -> dict:
     if not req.content_length:
         return {}
-    try:
-        body = json.loads(req.bounded_stream.read(64 * 1024) or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest({"reason": "the body must be a JSON object"}) from None
+    limit = 64 * 1024
+    data = read_small(req.bounded_stream, limit)
+    if len(data) > limit:
+        raise TooLarge({"limit": limit}, message=f"an admin request body is at most {limit} bytes")
+    body = json_document(data or b"{}")
     if not isinstance(body, dict):
         raise BadRequest({"reason": "the body must be a JSON object"})
     return body
 
 
-def _option(body: dict, req: falcon.Request, key: str, kind: type, default):
+def _option(body: dict, req: falcon.Request, key: str, parse, default):
     """An option from the JSON body, else the query string, else the default; 400 when ill-typed."""
     value = body.get(key, req.get_param(key))
-    if value is None:
-        return default
-    if kind is bool and isinstance(value, str) and value.lower() in ("1", "true", "0", "false"):
-        return value.lower() in ("1", "true")
-    if kind is int and isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, kind) and not (kind is int and (isinstance(value, bool) or value < 0)):
-        return value
-    raise BadRequest({key: value, "expected": kind.__name__}, message=f"invalid {key}")
+    return default if value is None else parse(value, key)
 
 
 def _rfc3339(timestamp: float) -> str:
@@ -85,9 +79,9 @@ class GcResource(Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _json_body(req)
         report = self.registry.collect_garbage(
-            dry_run=_option(body, req, "dry_run", bool, False),
-            grace=_option(body, req, "grace_seconds", int, None),
-            delete_untagged=_option(body, req, "delete_untagged", bool, False))
+            dry_run=_option(body, req, "dry_run", boolean, False),
+            grace=_option(body, req, "grace_seconds", count, None),
+            delete_untagged=_option(body, req, "delete_untagged", boolean, False))
         resp.media = report.to_dict()
 
 
@@ -105,5 +99,5 @@ class ReadOnlyResource(Resource):
         resp.media = {"read_only": self.registry.read_only()}
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.registry.set_read_only(_option(_json_body(req), req, "read_only", bool, True))
+        self.registry.set_read_only(_option(_json_body(req), req, "read_only", boolean, True))
         resp.media = {"read_only": self.registry.read_only()}

@@ -7,9 +7,10 @@ from urllib.parse import urlencode
 import falcon
 
 from ..bodies import body_source
-from ..errors import PaginationNumberInvalid, TagInvalid
+from ..errors import TagInvalid
 from ..names import TAG_RE
 from ..observability import counted
+from ..parsing import page_size
 from ..registry import Body, Registry
 from ..urls import absolute_url
 
@@ -24,14 +25,7 @@ def request_body(req: falcon.Request) -> Body:
 
 def pagination(req: falcon.Request, *, default: int | None, maximum: int) -> tuple[int | None, str | None]:
     """`n` and `last` query parameters; `n` is capped at `maximum` (the Link header then leads on)."""
-    raw = req.get_param("n")
-    if raw is None or raw == "":
-        n = default
-    else:
-        if not raw.isdigit():
-            raise PaginationNumberInvalid({"n": raw[:100]}, message="n must be a non-negative integer")
-        n = min(int(raw), maximum)
-    return n, req.get_param("last") or None
+    return page_size(req.get_param("n"), default=default, maximum=maximum), req.get_param("last") or None
 
 
 def set_next_link(resp: falcon.Response, path: str, n: int, last: str) -> None:

@@ -8,42 +8,11 @@ first, as for every GET.
 
 from __future__ import annotations
 
-import re
-
 import falcon
 
-from ..errors import RangeInvalid
 from ..model import BlobRecord
+from ..parsing import byte_range
 from .base import Resource
-
-RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) of a single byte range; None to serve the whole blob (unparsable or multi-range).
-
-    An unsatisfiable range raises a 416 carrying `Content-Range: bytes */size` (RFC 9110 14.4).
-    """
-    match = RANGE_RE.fullmatch(header.strip())
-    if not match or match.group(1) == match.group(2) == "":
-        return None
-    first, last = match.groups()
-    if first == "":  # suffix range: the last N bytes
-        length = int(last)
-        if length == 0:
-            raise _unsatisfiable(header, size)
-        return max(0, size - length), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
-        raise _unsatisfiable(header, size)
-    return start, end
-
-
-def _unsatisfiable(header: str, size: int) -> RangeInvalid:
-    return RangeInvalid({"Range": header[:100], "size": size}, message="requested range not satisfiable",
-                        headers={"Content-Range": f"bytes */{size}"})
-
 
 def blob_headers(resp: falcon.Response, blob: BlobRecord) -> None:
     resp.content_type = "application/octet-stream"
@@ -77,11 +46,11 @@ class BlobResource(Resource):
             return
         resp.set_header("Accept-Ranges", "bytes")
         header = req.get_header("Range")
-        byte_range = parse_range(header, blob.size) if header else None
-        if byte_range is None:
+        wanted = byte_range(header, blob.size) if header else None
+        if wanted is None:
             resp.set_stream(self.registry.read_blob(blob), blob.size)
             return
-        start, end = byte_range
+        start, end = wanted
         resp.status = falcon.HTTP_206
         resp.set_header("Content-Range", f"bytes {start}-{end}/{blob.size}")
         resp.set_stream(self.registry.read_blob(blob, start, end - start + 1), end - start + 1)

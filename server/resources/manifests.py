@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import falcon
 
+from ..bodies import read_small
 from ..errors import ManifestUnknown, SizeInvalid, TooLarge
 from ..model import ManifestRecord
 from .base import Resource, set_location
@@ -51,7 +52,7 @@ class ManifestResource(Resource):
         limit = self.registry.config.max_manifest_size
         if req.content_length is not None and req.content_length > limit:
             raise TooLarge({"limit": limit, "size": req.content_length}, message=f"manifest larger than {limit} bytes")
-        data = req.bounded_stream.read(limit + 1) if req.content_length is not None else req.stream.read(limit + 1)
+        data = read_small(req.bounded_stream if req.content_length is not None else req.stream, limit)
         if len(data) > limit:
             raise TooLarge({"limit": limit}, message=f"manifest larger than {limit} bytes")
         if req.content_length is not None and len(data) != req.content_length:

@@ -36,12 +36,13 @@ class UploadsResource(Resource):
                 return
         digest = req.get_param("digest")
         if digest is not None:
-            blob: StoredBlob = self.registry.monolithic_upload(name, digest, request_body(req))
+            blob: StoredBlob = self.registry.monolithic_upload(name, digest, request_body(req),
+                                                               req.context.get("user"))
             note_blob_upload(req, blob.size)
             created_headers(resp, name, blob.digest)
             return
         resp.status = falcon.HTTP_202
-        session_headers(resp, name, self.registry.start_upload(name))
+        session_headers(resp, name, self.registry.start_upload(name, req.context.get("user")))
 
 
 class UploadResource(Resource):

@@ -88,6 +88,10 @@ class BlobStore(ABC):
         (then only a session's age decides)."""
         return None
 
+    def room_for(self, nbytes: int) -> None:
+        """INSUFFICIENT_STORAGE when `nbytes` more would not fit (a local disk keeping its reserve); nothing for a
+        store that cannot tell. Asked before a body of known length is read, so a full store refuses it at once."""
+
     @abstractmethod
     def iterate_uploads(self) -> Iterator[str]:
         """Ids of the sessions the store holds bytes for."""
@@ -142,7 +146,7 @@ def open_store(config) -> BlobStore:
     from .filesystem import FilesystemStore
 
     return FilesystemStore(config.data_path, block_size=config.io_block_size,
-                           accel_prefix=config.accel_redirect)
+                           accel_prefix=config.accel_redirect, min_free_space=config.min_free_space)
 
 
 __all__ = ["BlobStore", "Redirect", "StoredBlob", "StoredObject", "UploadState", "open_store"]

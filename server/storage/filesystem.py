@@ -17,6 +17,12 @@ package docstring for the protocol).
 
 With `accel_prefix` (nginx in front, the `accel_redirect` setting) a download leaves as `X-Accel-Redirect:
 <prefix>/<key>`: nginx serves the file from an `internal` location aliased to `blobs/`, Range requests included.
+
+A full disk is a condition, not a crash: uploads keep `min_free_space` free on the filesystem (at most 5% of it, at
+least 16 MiB),
+so the database always has room to record deletes and garbage collection can free space through the API; a body
+that would not fit is refused before it is read, one that fills the disk while it arrives is stopped, and any
+ENOSPC or EDQUOT is INSUFFICIENT_STORAGE (507). Space freed by deletes is usable at once, without a restart.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
-from ..errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, Unavailable
+from ..errors import (BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, InsufficientStorage,
+                      Unavailable)
 from ..model import Redirect, StoredBlob, StoredObject, UploadState
 from ..names import ALGORITHMS, Digest
 from . import BlobStore
@@ -42,6 +49,9 @@ if TYPE_CHECKING:
     from ..bodies import Source
 
 SESSION_RE = re.compile(r"[0-9a-f-]{1,64}")
+FULL = (errno.ENOSPC, errno.EDQUOT)
+CHECK_EVERY = 16 * 1024 * 1024
+MIN_KEPT_FREE = 16 * 1024 * 1024  # bytes written between two looks at the free space while a body arrives
 KEY_RE = re.compile(r"(sha256|sha512)/[0-9a-f]{2}/[0-9a-f]{64,128}(?:\.[0-9a-f-]{1,64})?")
 
 
@@ -72,7 +82,8 @@ class RangeReader:
 class FilesystemStore(BlobStore):
     driver = "filesystem"
 
-    def __init__(self, root: str | os.PathLike, *, block_size: int = 1024 * 1024, accel_prefix: str = ""):
+    def __init__(self, root: str | os.PathLike, *, block_size: int = 1024 * 1024, accel_prefix: str = "",
+                 min_free_space: int = 256 * 1024 * 1024):
         self.root = Path(root)
         self.block_size = block_size
         self.accel_prefix = accel_prefix.rstrip("/")
@@ -80,6 +91,10 @@ class FilesystemStore(BlobStore):
         self._uploads = self.root / "uploads"
         for directory in (self._blobs, self._uploads):
             directory.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(self.root)
+        # At most 5% of the filesystem, at least twice the database's own reserve (metadata/sqlite.py: 8 MiB), so
+        # uploads never eat the room the transactions that free space need.
+        self.reserve = max(MIN_KEPT_FREE, min(min_free_space, st.f_blocks * st.f_frsize // 20))
         self._held: dict[str, BinaryIO] = {}  # session id -> its file, while this process holds its lock
         self._held_lock = threading.Lock()
         self._restore_trash()
@@ -103,9 +118,24 @@ class FilesystemStore(BlobStore):
     # -- upload sessions -------------------------------------------------------------------------------------------
 
     def open_upload(self, session_id: str) -> UploadState:
-        fd = os.open(self._upload_path(session_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.close(fd)
+        with _full_is_507():
+            fd = os.open(self._upload_path(session_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
         return UploadState()
+
+    # -- free space ----------------------------------------------------------------------------------------------
+
+    def free_space(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def room_for(self, nbytes: int) -> None:
+        free = self.free_space()
+        if free - nbytes < self.reserve:
+            raise InsufficientStorage({"free": free, "needed": nbytes, "kept_free": self.reserve},
+                                      headers={"Retry-After": "60"},
+                                      message=f"the registry's storage is full: {nbytes} bytes would not fit "
+                                              f"({free} free, {self.reserve} kept free for deletes)")
 
     @contextmanager
     def upload_lock(self, session_id: str) -> Iterator[None]:
@@ -163,11 +193,21 @@ class FilesystemStore(BlobStore):
             hasher = self._hasher(fd, state)
             os.ftruncate(fd, start)  # bytes past the recorded length were never acknowledged
             os.lseek(fd, start, os.SEEK_SET)
+            since_check = [0]
+
+            def write(view: memoryview) -> None:
+                since_check[0] += len(view)
+                if since_check[0] >= CHECK_EVERY:  # a body of unknown length, or a disk others fill too
+                    since_check[0] = 0
+                    self.room_for(0)
+                _write_all(fd, view)
+
             try:
-                written = pump(source, lambda view: _write_all(fd, view), hasher, self.block_size)
-                os.fdatasync(fd)
+                with _full_is_507():
+                    written = pump(source, write, hasher, self.block_size)
+                    os.fdatasync(fd)
             except BaseException:
-                _truncate_quietly(fd, start)
+                _truncate_quietly(fd, start)  # and so the space it took is free again at once
                 raise
             return UploadState(start + written, hasher.state(), {})
 
@@ -183,12 +223,13 @@ class FilesystemStore(BlobStore):
                 actual = _hash_file(fd, state.length, digest.algorithm, self.block_size).hexdigest()
             if actual != digest.hex:
                 raise DigestInvalid({"expected": str(digest), "actual": f"{digest.algorithm}:{actual}"})
-            os.fsync(fd)
             key = self.key_for(digest, session_id)
             target = self._blobs / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(self._upload_path(session_id), target)
-            _fsync_dir(target.parent)
+            with _full_is_507():
+                os.fsync(fd)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self._upload_path(session_id), target)
+                _fsync_dir(target.parent)
             return StoredBlob(str(digest), state.length, key)
 
     def abort_upload(self, session_id: str, state: UploadState | None = None) -> None:
@@ -268,6 +309,15 @@ class FilesystemStore(BlobStore):
     # -- health ----------------------------------------------------------------------------------------------------
 
     def check(self) -> None:
+        try:
+            free = self.free_space()
+        except OSError as exc:
+            raise Unavailable({"storage": exc.strerror or str(exc)},
+                              message=f"the data directory cannot be read: {exc.strerror or exc}") from None
+        if free < self.reserve:
+            raise Unavailable({"storage": "full", "free": free, "kept_free": self.reserve},
+                              message=f"the data directory is full: {free} bytes free, uploads need more than "
+                                      f"{self.reserve}; delete images and collect garbage to free space")
         probe = self.root / f".readyz-{os.getpid()}-{threading.get_ident()}"
         try:
             fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
@@ -301,6 +351,18 @@ class FilesystemStore(BlobStore):
             trash.rmdir()
         except OSError:
             pass
+
+
+@contextmanager
+def _full_is_507() -> Iterator[None]:
+    """ENOSPC and EDQUOT are a condition the client is told about (507), not an unexpected error (500)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise InsufficientStorage({"reason": exc.strerror}, headers={"Retry-After": "60"},
+                                      message="the registry's storage is full") from None
+        raise
 
 
 def _write_all(fd: int, view: memoryview) -> None:

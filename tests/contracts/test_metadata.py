@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from dockyard.server.errors import Denied, ManifestBlobUnknown
+from dockyard.server.errors import Denied, ManifestBlobUnknown, Unsupported
 from dockyard.server.model import NewEvent, NewManifest, StoredBlob, UploadState
 from dockyard.server.quotas import Quota
 
@@ -53,6 +53,20 @@ def test_a_recorded_blob_is_readable_only_where_linked(metadata):
     assert metadata.blob("b/app", digest("layer")).key == "key-of-layer"
     assert metadata.unlink_blob("a/app", digest("layer")) and not metadata.unlink_blob("a/app", digest("layer"))
     assert metadata.blob("a/app", digest("layer")) is None and metadata.blob("b/app", digest("layer"))
+
+
+def test_a_blob_a_manifest_uses_cannot_be_unlinked(metadata):
+    """Issue 12, finding 5: deleting a blob a live manifest uses would break its pulls; refused until the manifest
+    goes. Another repository's manifest does not hold this repository's link."""
+    m = pushed(metadata, "repo", "layer")
+    metadata.mount_blob("other", "repo", digest("layer"))
+    with pytest.raises(Unsupported) as refused:
+        metadata.unlink_blob("repo", digest("layer"))
+    assert refused.value.detail["used_by"] == [m.digest]
+    assert metadata.blob("repo", digest("layer")) is not None
+    assert metadata.unlink_blob("other", digest("layer"))
+    metadata.delete_manifest("repo", m.digest)
+    assert metadata.unlink_blob("repo", digest("layer"))
 
 
 def test_the_same_digest_committed_twice_keeps_one_key(metadata):

@@ -38,7 +38,10 @@ def test_every_setting_is_one_gunicorn_accepts(tmp_path):
     for key, value in gunicorn_settings(Config(data=str(tmp_path), trusted_proxies="127.0.0.1")).items():
         if key in cfg.settings:
             cfg.set(key, value)  # gunicorn validates each value
-    assert cfg.worker_class_str == "gthread"  # threads > 1: a long upload never blocks a whole worker
+    # gthread's kind (threads > 1: a long upload never blocks a whole worker), with Dockyard's connection handling.
+    from gunicorn.workers.gthread import ThreadWorker
+    assert cfg.worker_class_str == "dockyard.server.worker.DockyardWorker"
+    assert issubclass(cfg.worker_class, ThreadWorker)
     assert cfg.forwarded_allow_ips == ["127.0.0.1"]
     assert cfg.preload_app and cfg.keepalive == 75
 

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -337,12 +338,14 @@ def start_dockyard_module(tmp_path_factory):
 def _dockyard_starter(tmp_path_factory):
     started: list[Registry] = []
 
-    def start(data: Path | None = None, config: str | None = None, workers: int = 2) -> Registry:
+    def start(data: Path | None = None, config: str | None = None, workers: int | None = 2) -> Registry:
+        """`workers=None`: dockyard serve's own default (two per core)."""
         workdir = tmp_path_factory.mktemp("dockyard")
         data = data or workdir / "data"
         port = free_port()
-        argv = [need("dockyard"), "serve", "--bind", f"127.0.0.1:{port}", "--data", str(data),
-                "--workers", str(workers)]
+        argv = [need("dockyard"), "serve", "--bind", f"127.0.0.1:{port}", "--data", str(data)]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
         if config is not None:
             (workdir / "dockyard.toml").write_text(config)
             argv += ["--config", str(workdir / "dockyard.toml")]
@@ -702,3 +705,121 @@ def oras_registry(registry):
         yield oras.provider.Registry
     finally:
         oras.provider.Registry.do_request = original
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stalled clients (issue 12): connections that send part of a request and then nothing
+
+
+class Stalled:
+    """One connection a client opened and then stopped using, as the server sees it: sent, then silence (or a
+    byte a second of `trickle`). `connect()` returns a connected socket (plain or TLS)."""
+
+    def __init__(self, connect, kind: str, payload: bytes, trickle: bytes = b""):
+        self.kind = kind
+        self.sock = connect()
+        self.sock.sendall(payload)
+        self.sock.setblocking(False)  # from now on only polled: never wait on it
+        self.trickle = trickle
+        self.closed_at: float | None = None
+
+    def poll_closed(self) -> bool:
+        """Whether the server has closed it (EOF or reset); drains any answer it sent first."""
+        if self.closed_at is not None:
+            return True
+        import select
+        import ssl
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        pending = getattr(self.sock, "pending", lambda: 0)()
+        if readable or pending:
+            try:
+                while self.sock.recv(65536):
+                    pass
+                else:
+                    self.closed_at = time.monotonic()
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return False
+            except OSError:
+                self.closed_at = time.monotonic()
+        return self.closed_at is not None
+
+    def send_trickle_byte(self) -> None:
+        import ssl
+        if self.trickle and self.closed_at is None:
+            try:
+                self.sock.send(self.trickle[:1])
+                self.trickle = self.trickle[1:]
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except OSError:
+                self.closed_at = time.monotonic()
+
+
+def stall_scenario(connect, authorization: str, *, pull, push, hold: float, repository: str = "stall") -> dict:
+    """Open 200 stalled connections (60 with partial headers, 40 sending headers a byte a second, 50 anonymous and
+    50 authenticated uploads to `repository` announcing a megabyte and sending three bytes), then pull and push for
+    `hold` seconds.
+    Returns the pull latencies, the number of pushes, and when each stalled connection was closed."""
+    upload = (f"POST /v2/{repository}/blobs/uploads/?digest=sha256:{{hex}} HTTP/1.1\r\nHost: x\r\n{{auth}}"
+              "Content-Length: 1000000\r\n\r\nabc")
+    stalled = [Stalled(connect, "partial headers", b"GET /v2/ HTTP/1.1\r\nHost: x\r\nUser-Agent: slow")
+               for _ in range(60)]
+    stalled += [Stalled(connect, "headers a byte a second", b"G", trickle=b"ET /v2/ HTTP/1.1\r\nHost: x\r\n" * 20)
+                for _ in range(40)]
+    stalled += [Stalled(connect, "anonymous partial body", upload.format(hex="0" * 64, auth="").encode())
+                for _ in range(50)]
+    stalled += [Stalled(connect, "authenticated partial body",
+                        upload.format(hex=f"{i:064d}", auth=f"Authorization: {authorization}\r\n").encode())
+                for i in range(50)]
+    opened = time.monotonic()
+    pulls, pushes = [], 0
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.wait(1.0):
+            for conn in stalled:
+                conn.send_trickle_byte()
+
+    import threading as _threading
+    trickler = _threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        while time.monotonic() - opened < hold:
+            pulls.extend(pull())
+            push(pushes)
+            pushes += 1
+            for conn in stalled:
+                conn.poll_closed()
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        trickler.join(timeout=5)
+        for conn in stalled:
+            conn.poll_closed()
+            conn.sock.close()
+    return {"pulls": pulls, "pushes": pushes, "stalled": len(stalled),
+            "closed_after": {kind: [c.closed_at - opened if c.closed_at else None for c in stalled if c.kind == kind]
+                             for kind in dict.fromkeys(c.kind for c in stalled)}}
+
+
+def check_stall_report(report: dict, header_timeout: float, body_timeout: float) -> None:
+    """What the scenario must show: no pull slower than a second, pushes going through, every stalled connection
+    closed once its timeout has passed (header stalls at the header timeout, bodies at the body timeout)."""
+    pulls, closed = report["pulls"], report["closed_after"]
+    print(f"{len(pulls)} pulls, slowest {max(pulls) * 1000:.0f} ms; {report['pushes']} pushes; stalled connections "
+          f"closed within (s): { {kind: round(max(t or 999 for t in times), 1) for kind, times in closed.items()} }")
+    assert report["stalled"] == 200
+    assert max(pulls) < 1.0, f"slowest pull {max(pulls):.2f}s of {len(pulls)}"
+    assert report["pushes"] >= 10
+    still_open = {kind: sum(t is None for t in times) for kind, times in closed.items() if None in times}
+    assert still_open == {}, "stalled connections the server did not close after their timeout"
+    assert max(closed["partial headers"]) < header_timeout + 3
+    assert max(closed["authenticated partial body"]) < body_timeout + 6
+
+
+@pytest.fixture
+def stalled_clients():
+    """200 stalled connections while a client pulls and pushes: `.run(...)` is `stall_scenario`, `.check(...)` is
+    `check_stall_report` (both above)."""
+    import types
+    return types.SimpleNamespace(run=stall_scenario, check=check_stall_report)

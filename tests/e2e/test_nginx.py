@@ -83,14 +83,18 @@ def auth_available() -> bool:
 
 # -- configuration files as deployed, with this test's paths ------------------------------------------------------
 
-def site_config(*, https_port: int, http_port: int, upstream_port: int, certs: Path, blobs: Path) -> str:
-    """deploy/nginx/dockyard.conf with only addresses and paths replaced: everything else is tested as shipped."""
+def site_config(*, https_port: int, http_port: int, upstream_port: int, certs: Path, blobs: Path,
+                timeouts: tuple[int, int] | None = None) -> str:
+    """deploy/nginx/dockyard.conf with only addresses and paths replaced: everything else is tested as shipped
+    (`timeouts`: the header and body timeouts shortened, for a test that waits for them)."""
     text = SITE.read_text()
+    shorter = () if timeouts is None else (("client_header_timeout 10s;", f"client_header_timeout {timeouts[0]}s;"),
+                                           ("client_body_timeout 60s;", f"client_body_timeout {timeouts[1]}s;"))
     for old, new in (("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
                      ("listen 80;", f"listen 127.0.0.1:{http_port};"),
                      ("server 127.0.0.1:5000;", f"server 127.0.0.1:{upstream_port};"),
                      ("/etc/ssl/dockyard/", f"{certs}/"),
-                     ("/var/lib/dockyard/blobs/", f"{blobs}/")):
+                     ("/var/lib/dockyard/blobs/", f"{blobs}/"), *shorter):
         assert old in text, f"{SITE} no longer contains {old!r}: update this test's substitutions"
         text = text.replace(old, new)
     return text
@@ -131,8 +135,9 @@ def make_certificates(directory: Path) -> Path:
 class Deployment:
     """dockyard serve (2 workers) behind nginx with TLS; `url` is what clients use."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, timeouts: tuple[int, int] | None = None):
         self.home = home
+        self.timeouts = timeouts  # (header, body) seconds, for nginx and Dockyard alike; None: as shipped
         self.nginx_bin = tool("nginx", "nginx")
         self.dockyard_bin = shutil.which("dockyard") or missing("`dockyard` is not on PATH (pip install -e .)")
         self.certs = home / "certs"
@@ -158,6 +163,8 @@ class Deployment:
     def dockyard_config(self) -> str:
         config = ('trusted_proxies = "127.0.0.1"\naccel_redirect = "/_dockyard_blobs"\n'
                   'log_level = "warning"\n')
+        if self.timeouts:
+            config += f"header_timeout = {self.timeouts[0]}\nbody_timeout = {self.timeouts[1]}\n"
         if self.auth:
             htpasswd = self.home / "htpasswd"
             sh(tool("htpasswd", "apache2-utils"), "-Bbc", htpasswd, USER, PASSWORD)
@@ -172,7 +179,7 @@ class Deployment:
         self._wait(f"http://127.0.0.1:{self.upstream_port}/healthz", "dockyard serve", verify=False)
         site = self.home / "site.conf"
         site.write_text(site_config(https_port=self.port, http_port=self.http_port, upstream_port=self.upstream_port,
-                                    certs=self.certs, blobs=self.data / "blobs"))
+                                    certs=self.certs, blobs=self.data / "blobs", timeouts=self.timeouts))
         (self.home / "nginx.conf").write_text(main_config(self.prefix, site))
         self._spawn("nginx", [self.nginx_bin, "-p", self.prefix, "-c", self.home / "nginx.conf",
                               "-g", "daemon off;"])
@@ -614,3 +621,72 @@ def test_512_mib_layer_streams_through_nginx_and_python(deployment, skopeo, new_
     received = sum(v for k, v in after.items() if k.startswith("dockyard_blob_upload_bytes_total")) - \
         sum(v for k, v in before.items() if k.startswith("dockyard_blob_upload_bytes_total"))
     assert received >= size
+
+
+# -- issue 12: slow and stalled clients in front of nginx -----------------------------------------------------------
+
+def test_200_stalled_connections_through_nginx(stalled_clients):
+    """The deploy/ site as shipped, but its header and body timeouts (and Dockyard's) shortened to 4 s and 8 s so
+    the test sees them act: nginx absorbs slow headers itself, a stalled body holds a Dockyard thread until the body
+    timeout, and while 200 such connections are held every pull still answers in under a second."""
+    import base64
+    import ssl
+
+    home = Path(tempfile.mkdtemp(prefix="dy-e2e-nginx-slow-"))
+    home.chmod(0o755)
+    dep = Deployment(home, timeouts=(4, 8))
+    try:
+        dep.start()
+        context = ssl.create_default_context(cafile=str(dep.ca))
+
+        def connect():
+            return context.wrap_socket(socket.create_connection(("127.0.0.1", dep.port), timeout=10),
+                                       server_hostname="127.0.0.1")
+
+        repo = f"e2e/slow-{uuid.uuid4().hex[:8]}"
+        layer = push_small_image(dep, repo, "v1")
+
+        def pull():
+            times = []
+            for path in (f"/v2/{repo}/manifests/v1", f"/v2/{repo}/blobs/{layer}"):
+                started = time.monotonic()
+                r = dep.request("GET", path, timeout=10, headers={"Accept": OCI_MANIFEST_TYPE},
+                                allow_redirects=True)
+                times.append(time.monotonic() - started)
+                assert r.status_code == 200, r.text[:300]
+            return times
+
+        authorization = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() if dep.auth else ""
+        report = stalled_clients.run(connect, authorization, pull=pull,
+                                     push=lambda n: push_small_image(dep, repo, f"t{n}"), hold=8 + 6,
+                                     repository=f"{repo}-stalled")
+        stalled_clients.check(report, header_timeout=4, body_timeout=8)
+    finally:
+        complaints = dep.stop()
+        shutil.rmtree(home, ignore_errors=True)
+        assert not complaints, complaints
+
+
+OCI_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def push_small_image(dep, repo: str, tag: str) -> str:
+    """A one-layer image pushed over the deployment's client; its layer's digest."""
+    import hashlib
+    import json
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    layer, config = f"layer {repo}:{tag} {time.time()}".encode(), b'{"os":"linux"}'
+    for blob in (layer, config):
+        r = dep.request("POST", f"/v2/{repo}/blobs/uploads/", params={"digest": digest(blob)}, data=blob)
+        assert r.status_code == 201, r.text[:300]
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST_TYPE,
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": digest(config), "size": len(config)},
+                           "layers": [{"mediaType": "application/octet-stream", "digest": digest(layer),
+                                       "size": len(layer)}]})
+    r = dep.request("PUT", f"/v2/{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST_TYPE})
+    assert r.status_code == 201, r.text[:300]
+    return digest(layer)

@@ -56,14 +56,19 @@ def test_reference_is_digest_or_tag():
 @pytest.mark.parametrize("path", [
     "/v2/Upper/tags/list",
     "/v2/a..b/tags/list",
-    "/v2//etc/passwd/tags/list",
-    "/v2/a/../b/tags/list",
     "/v2/" + "a" * 256 + "/tags/list",
     "/v2/a__b__/manifests/latest",
 ])
 def test_bad_names_over_http_are_name_invalid(client, path):
     resp = client.get(path, status=400)
     assert resp.json["errors"][0]["code"] == "NAME_INVALID"
+
+
+@pytest.mark.parametrize("path", ["/v2//etc/passwd/tags/list", "/v2/a/../b/tags/list", "/v2/./a/tags/list"])
+def test_paths_not_in_canonical_form_are_refused_before_routing(client, path):
+    """Issue 11, finding 1: empty, '.' and '..' segments are refused, never routed as another spelling."""
+    resp = client.get(path, status=400)
+    assert resp.json["errors"][0]["code"] == "BAD_REQUEST" and "canonical" in resp.json["errors"][0]["message"]
 
 
 def test_encoded_slash_in_path_is_refused(client):

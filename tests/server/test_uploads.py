@@ -118,10 +118,16 @@ def test_cancel_upload(client, config):
 
 
 @pytest.mark.parametrize("method", ["get", "patch", "put", "delete"])
-@pytest.mark.parametrize("upload_id", ["3f2a6a3e-0000-4000-8000-000000000000", "..", "not-a-uuid!", "a" * 100])
+@pytest.mark.parametrize("upload_id", ["3f2a6a3e-0000-4000-8000-000000000000", "not-a-uuid!", "a" * 100])
 def test_unknown_sessions_are_404(client, method, upload_id):
     resp = getattr(client, method)(f"/v2/repo/blobs/uploads/{upload_id}", status=404)
     assert resp.json["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+
+
+@pytest.mark.parametrize("method", ["get", "patch", "put", "delete"])
+def test_a_dot_dot_session_is_refused_as_a_path(client, method):
+    resp = getattr(client, method)("/v2/repo/blobs/uploads/..", status=400)
+    assert resp.json["errors"][0]["code"] == "BAD_REQUEST"
 
 
 def test_session_belongs_to_its_repository(client):
