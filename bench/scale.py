@@ -3,6 +3,7 @@
 Run from the repository root (Dockyard only; it takes several minutes and writes --store bytes):
 
     python bench/scale.py [--repositories 1000] [--tags 100000] [--store 10GiB] [--duration 5] [--json PATH]
+                          [--database sqlite|postgresql]
 
 Starts `dockyard serve` (as deployed: gunicorn, default workers) on a free 127.0.0.1 port with a new data directory,
 then grows it in three stages to 1%, 10% and 100% of the planned data (the figures are labelled 1x, 10x and 100x),
@@ -18,6 +19,9 @@ After each stage it measures with wrk (2 threads, 32 connections, --duration sec
 middle, and a manifest GET by tag there, with the Accept header docker sends. The table shows req/s, p50 and p99
 at each stage and the ratio of the last stage's req/s to the first's. It refuses to start unless the temporary
 directory's filesystem has 3x --store free.
+
+`--database postgresql` runs the same on PostgreSQL as the metadata backend: a server started for the run
+(`postgres.py`), migrated with `dockyard migrate`, and `database` set for `dockyard serve`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +42,7 @@ from pathlib import Path
 
 from harness import (
     DOCKYARD_CMD,
+    _executable,
     BenchError,
     alternate,
     cell,
@@ -50,6 +56,7 @@ from harness import (
     progress,
     vm_rss,
 )
+from postgres import postgres
 from rates import WRK_CONNECTIONS, WRK_THREADS, run_wrk, wrk_binary
 from seed import DOCKER_ACCEPT, Connection, Seeder, image_config
 
@@ -206,8 +213,14 @@ def run(args: argparse.Namespace) -> int:
         if free < 3 * args.store:
             raise BenchError(f"{workdir} has {free / 2**30:.1f} GiB free; this run needs 3 x {format_size(args.store)}"
                              " (point TMPDIR elsewhere or lower --store)")
+        settings, database = {}, None
+        if args.database == "postgresql":
+            database = stack.enter_context(postgres(workdir))
+            subprocess.run([_executable("dockyard"), "migrate", "--database", database.url], check=True,
+                           capture_output=True, timeout=120)
+            settings["database"] = database.url
         progress("starting dockyard")
-        target = stack.enter_context(dockyard(workdir, args.dockyard_cmd))
+        target = stack.enter_context(dockyard(workdir, args.dockyard_cmd, settings=settings))
         grower = Grower(target.port, plan)
         for fraction in STAGES:
             upto = plan.stage_repositories(fraction)
@@ -219,8 +232,9 @@ def run(args: argparse.Namespace) -> int:
             data = workdir / "data"
             stages.append({
                 "label": label, "repositories": upto, "tags": upto * plan.tags_per_repository,
-                "store_bytes": du(data / "blobs"), "database_bytes": du(data / "registry.db"),
-                "wal_bytes": du(data / "registry.db-wal"),
+                "store_bytes": du(data / "blobs"),
+                "database_bytes": database.database_bytes() if database else du(data / "registry.db"),
+                "wal_bytes": 0 if database else du(data / "registry.db-wal"),
                 "largest_process_rss_bytes": max(vm_rss(pid) for pid in process_tree(target.pid)),
                 "seeding": seeding, "figures": figures,
             })
@@ -234,13 +248,14 @@ def report(args: argparse.Namespace, plan: Plan, started_at: str, load: tuple[fl
     load_start, load_end = load
     print()
     print(f"python bench/scale.py {' '.join(sys.argv[1:])}".rstrip() + f"    ({started_at})")
+    print(f"metadata: {args.database}")
     print(f"nproc {nproc()}; load average (1 min) {load_start:.2f} at start, {load_end:.2f} at end")
     print(f"wrk {WRK_THREADS} threads {WRK_CONNECTIONS} connections, {args.duration:g} s runs after a 1 s warm-up, "
           f"medians of {args.repeats} interleaved runs per stage; '/ control' = req/s divided by GET /v2/'s req/s "
           f"at the same stage; flat = that at the last stage >= {FLAT_FLOOR:g} x the first\n")
     print(format_table(stages))
     if args.json:
-        document = {"started_at": started_at, "argv": sys.argv[1:], "nproc": nproc(),
+        document = {"started_at": started_at, "argv": sys.argv[1:], "nproc": nproc(), "database": args.database,
                     "loadavg_1min": {"start": load_start, "end": load_end}, "plan": plan.__dict__, "stages": stages}
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
@@ -254,8 +269,10 @@ def format_table(stages: list[dict]) -> str:
     lines.append(f"{'repositories':<{width}}" + "".join(f"{s['repositories']:>12,}" for s in stages))
     lines.append(f"{'tags (= manifests)':<{width}}" + "".join(f"{s['tags']:>12,}" for s in stages))
     lines.append(f"{'blob store (GiB)':<{width}}" + "".join(f"{s['store_bytes'] / 2**30:>12.2f}" for s in stages))
-    lines.append(f"{'registry.db (MiB)':<{width}}" + "".join(f"{s['database_bytes'] / 2**20:>12.1f}" for s in stages))
-    lines.append(f"{'registry.db-wal (MiB)':<{width}}" + "".join(f"{s['wal_bytes'] / 2**20:>12.1f}" for s in stages))
+    lines.append(f"{'database (MiB)':<{width}}" + "".join(f"{s['database_bytes'] / 2**20:>12.1f}" for s in stages))
+    if any(s["wal_bytes"] for s in stages):
+        lines.append(f"{'registry.db-wal (MiB)':<{width}}" + "".join(f"{s['wal_bytes'] / 2**20:>12.1f}"
+                                                                   for s in stages))
     lines.append(f"{'largest process RSS (MiB)':<{width}}"
                  + "".join(f"{s['largest_process_rss_bytes'] / 2**20:>12.0f}" for s in stages))
     lines.append("")
@@ -289,6 +306,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"command that serves Dockyard; {{port}} and {{data}} are filled in (default: "
                              f"{DOCKYARD_CMD!r})")
     parser.add_argument("--json", type=Path, help="also write every stage's figures as JSON to this file")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the metadata backend: SQLite in the data directory (default), or a PostgreSQL "
+                             "started for the run")
     args = parser.parse_args(argv)
     if args.repositories < 100:
         parser.error("--repositories must be at least 100 (the first stage is 1% of it)")

@@ -60,20 +60,22 @@ def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception,
 
 
 def build_registry(config: Config, *, store: BlobStore | None = None, metadata: Metadata | None = None,
-                   clock: Callable[[], float] | None = None,
-                   new_id: Callable[[], str] = new_session_id) -> Registry:
-    """The registry on its configured store and metadata, made consistent after a crash."""
+                   clock: Callable[[], float] | None = None, new_id: Callable[[], str] = new_session_id,
+                   recover: bool = True) -> Registry:
+    """The registry on its configured store and metadata, made consistent after a crash (unless `recover` is
+    false: `dockyard fsck` wants to see what a crash left)."""
     config.data_path.mkdir(parents=True, exist_ok=True)
     clock = clock or time.time
     registry = Registry(config, store or open_store(config), metadata or open_metadata(config, clock=clock),
                         clock=clock, new_id=new_id)
-    try:
-        recovered = registry.recover()
-    except Unavailable as exc:  # a remote blob store that is down must not stop the registry from starting
-        log.warning("recovery after an unclean stop postponed to the next purge: %s", exc)
-        return registry
-    if any(recovered.values()):
-        log.warning("recovered after an unclean stop: %s", recovered)
+    if recover:
+        try:
+            recovered = registry.recover()
+        except Unavailable as exc:  # a remote blob store that is down must not stop the registry from starting
+            log.warning("recovery after an unclean stop postponed to the next purge: %s", exc)
+            return registry
+        if any(recovered.values()):
+            log.warning("recovered after an unclean stop: %s", recovered)
     return registry
 
 

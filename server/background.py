@@ -17,7 +17,7 @@ from .registry import Registry
 
 log = logging.getLogger("dockyard")
 
-PURGE_INTERVAL = 600.0  # seconds between looks for expired upload sessions and upload data nobody records
+PURGE_INTERVAL = 60.0  # seconds between looks for expired or abandoned upload sessions and data nobody records
 
 
 class BackgroundJobs:
@@ -57,6 +57,7 @@ class BackgroundJobs:
                      report.manifests_removed, report.bytes_freed)
 
     def _purge(self) -> None:
-        purged = self.registry.purge_uploads()
+        purged, freed = self.registry.purge_uploads()
         if purged:
-            log.info("upload purge: %d expired or unrecorded upload sessions removed", purged)
+            log.info("upload purge: %d expired, abandoned or unrecorded upload sessions removed, %d bytes freed",
+                     purged, freed)

@@ -1,4 +1,5 @@
-"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user` manage it."""
+"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate`, `migrate-metadata`
+manage it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
+from .errors import Unavailable
+from .metadata.postgres_schema import SchemaError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -15,6 +18,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .serving import gunicorn_settings
 
     config = load_config(args.config, overrides={"bind": args.bind, "data": args.data, "workers": args.workers})
+    # Built before gunicorn starts (preload_app builds it once in the master anyway): a database that is down or
+    # a schema this release cannot use stops `serve` with a message, not a traceback.
+    app = create_app(config)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -24,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            return create_app(config)
+            return app
 
     Server().run()
     return 0
@@ -36,7 +42,7 @@ def _gc(args: argparse.Namespace) -> int:
     from .app import build_registry
 
     config = load_config(args.config, overrides={"data": args.data})
-    if not config.data_path.joinpath("registry.db").exists():
+    if not config.database and not config.data_path.joinpath("registry.db").exists():
         print(f"dockyard gc: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
         return 2
     registry = build_registry(config)
@@ -51,8 +57,73 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"blob {digest}")
     print(f"{verb} {report.manifests_removed} manifests and {report.blobs_removed} blobs, "
           f"{report.bytes_freed} bytes freed ({_human(report.bytes_freed)}); {report.links_removed} unused links, "
-          f"{report.uploads_purged} expired uploads, {report.orphan_files_removed} orphan files; "
+          f"{report.uploads_purged} expired or abandoned uploads ({_human(report.upload_bytes_freed)}), "
+          f"{report.orphan_files_removed} orphan files ({_human(report.orphan_bytes_freed)}); "
           f"{report.seconds:.2f}s")
+    return 0
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    import json
+
+    from .app import build_registry
+
+    config = load_config(args.config, overrides={"data": args.data})
+    if not config.database and not config.data_path.joinpath("registry.db").exists():
+        print(f"dockyard fsck: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
+        return 2
+    registry = build_registry(config, recover=False)
+    report = registry.fsck(repair=args.repair, verify_digests=args.verify_digests, grace=args.grace)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for problem in report.problems:
+            print(f"{problem.kind}: {problem.subject}: {problem.detail}{' (repaired)' if problem.repaired else ''}")
+        print(f"checked {report.blobs_checked} blobs, {report.objects_checked} stored objects, "
+              f"{report.uploads_checked} upload sessions"
+              + (f", verified {report.digests_verified} digests" if args.verify_digests else "")
+              + f": {len(report.problems)} problems"
+              + (f", {sum(p.repaired for p in report.problems)} repaired" if args.repair else "")
+              + f"; {report.seconds:.2f}s")
+    return 0 if report.clean else 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import time
+
+    from .metadata import open_metadata
+
+    config = load_config(args.config, overrides={"data": args.data, "database": args.database})
+    if not config.database:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+    metadata = open_metadata(config, clock=time.time, check_schema=False)
+    try:
+        applied = metadata.migrate()
+    finally:
+        metadata.close()
+    names = ", ".join(applied or ())
+    print(f"dockyard migrate: {metadata.driver}: " + (f"applied {names}" if names else "the schema is up to date"))
+    return 0
+
+
+def _migrate_metadata(args: argparse.Namespace) -> int:
+    from .metadata import redact
+    from .metadata.transfer import TransferError, copy_sqlite_to_postgres
+
+    def progress(table: str, rows: int) -> None:
+        print(f"  {table}: {rows} rows", file=sys.stderr)
+
+    try:
+        report = copy_sqlite_to_postgres(args.source, args.target, replace=args.replace, batch=args.batch,
+                                         progress=progress if args.verbose else None)
+    except TransferError as exc:
+        print(f"dockyard migrate-metadata: {exc}; the target is unchanged", file=sys.stderr)
+        return 2
+    if not report.source_read_only:
+        print("dockyard migrate-metadata: warning: the source registry was not in read-only mode; anything written "
+              "to it after the copy started is not in the target", file=sys.stderr)
+    copied = ", ".join(f"{rows} {table}" for table, rows in report.rows.items())
+    print(f"copied {copied} into {redact(args.target)}")
     return 0
 
 
@@ -137,6 +208,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if name == "middleware":
             continue
         value = getattr(config, name)
+        if name == "database":
+            from .metadata import redact
+            value = redact(value)
         shown = str(value).lower() if isinstance(value, bool) else json.dumps(value) if isinstance(value, (str, int)) \
             else repr(value)
         print(f"{name} = {shown}")
@@ -174,6 +248,35 @@ def build_parser() -> argparse.ArgumentParser:
                          "live manifest)")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.set_defaults(func=_gc)
+    check_store = commands.add_parser("fsck", help="check that the metadata and the blob store agree, both "
+                                                   "ways; exit 1 when they do not")
+    check_store.add_argument("--data", help="data directory (default ./data, as for serve)")
+    check_store.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    check_store.add_argument("--repair", action="store_true",
+                             help="fix what is safe on a running registry: forget rows whose bytes are gone, delete "
+                                  "stored objects and upload data nothing names, finish interrupted deletes")
+    check_store.add_argument("--verify-digests", action="store_true",
+                             help="also read every blob and check its digest")
+    check_store.add_argument("--grace", type=int, metavar="SECONDS",
+                             help="leave stored objects younger than this alone (a commit may be a moment from its "
+                                  "row; default: gc_grace)")
+    check_store.add_argument("--json", action="store_true", help="print the report as JSON")
+    check_store.set_defaults(func=_fsck)
+    migrate = commands.add_parser("migrate", help="create or upgrade the metadata database's schema (PostgreSQL: "
+                                                  "run once per upgrade, before or while nodes restart)")
+    migrate.add_argument("--data", help="data directory (default ./data, as for serve)")
+    migrate.add_argument("--database", help="database URL (default: the `database` setting)")
+    migrate.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    migrate.set_defaults(func=_migrate)
+    move = commands.add_parser("migrate-metadata", help="copy a registry's SQLite metadata into PostgreSQL, all or "
+                                                          "nothing (switch the registry to read-only first)")
+    move.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH", help="the SQLite database")
+    move.add_argument("--to", dest="target", required=True, metavar="postgresql://...",
+                      help="the PostgreSQL database (migrated first if needed)")
+    move.add_argument("--replace", action="store_true", help="empty a target that already holds data first")
+    move.add_argument("--batch", type=int, default=5000, help="rows read and written at a time (default 5000)")
+    move.add_argument("--verbose", action="store_true", help="print progress per table")
+    move.set_defaults(func=_migrate_metadata)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")
@@ -194,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dockyard: configuration error: {exc}", file=sys.stderr)
         return 2
+    except SchemaError as exc:
+        print(f"dockyard: database schema: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:
+        print(f"dockyard: {exc.message}: {exc.detail.get('database') if isinstance(exc.detail, dict) else ''}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

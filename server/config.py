@@ -84,6 +84,9 @@ class StorageConfig:
 class Config:
     bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
     data: str = _setting("./data", "Data directory: the SQLite database (registry.db) and the blobs.")
+    database: str = _setting("", "The metadata database, a URL: `sqlite:///PATH` (three slashes and a relative "
+                             "path, four for an absolute one) or `postgresql://USER:PASSWORD@HOST:PORT/DB`. "
+                             "Empty: `<data>/registry.db`.")
     storage: StorageConfig = _setting(StorageConfig(), "Where blobs live: a TOML table `[storage]` (keys: "
                                       "`StorageConfig`); each key also as `DOCKYARD_STORAGE_<KEY>`.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
@@ -143,6 +146,9 @@ class Config:
             TrustedProxies.parse(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"setting 'trusted_proxies': {exc}") from None
+        if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            # Never echo the value: a URL may hold a password.
+            raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")
         if self.storage.driver == "filesystem" and self.storage.download != "proxy":
             raise ConfigError("setting 'storage.download': the filesystem driver sends blobs itself or through "
                               "nginx with accel_redirect; only \"proxy\" applies to it")

@@ -19,13 +19,14 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 from .metadata import Lifecycle, Metadata
+from .model import StoredObject
 from .storage import BlobStore
 
 BATCH = 500
-MONOLITHIC_MIN_AGE = 60.0  # seconds a monolithic session may take to start holding its lock
+MONOLITHIC_MIN_AGE = 5.0  # seconds a monolithic session may take to start holding its lock (a few ms, in truth)
 MONOLITHIC_MAX_AGE = 3600.0  # where the store cannot tell whether a request still holds a monolithic session
 
 
@@ -37,7 +38,9 @@ class GcReport:
     bytes_freed: int = 0
     links_removed: int = 0
     uploads_purged: int = 0
+    upload_bytes_freed: int = 0
     orphan_files_removed: int = 0
+    orphan_bytes_freed: int = 0
     blobs: list[str] = field(default_factory=list)
     manifests: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -65,8 +68,8 @@ class GarbageCollector:
             else:
                 self.finish_deletes()
                 self._collect(report, cutoff, delete_untagged, self.metadata.lifecycle)
-                report.uploads_purged = self.purge_uploads()
-                report.orphan_files_removed = self._remove_orphans(cutoff)
+                report.uploads_purged, report.upload_bytes_freed = self.purge_uploads()
+                report.orphan_files_removed, report.orphan_bytes_freed = self._remove_orphans(cutoff)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
@@ -111,72 +114,64 @@ class GarbageCollector:
                 break
         return done
 
-    def purge_uploads(self, *, at_start: bool = False) -> int:
+    def purge_uploads(self) -> tuple[int, int]:
         """Upload sessions idle longer than upload_max_age go with their data; so do monolithic sessions whose
         request is gone (killed mid-body: nobody can continue them), and upload data no session row names (the row
-        is always written first, so such data is left by a crash or a cancel). How many went."""
+        is always written first, so such data is left by a crash or a cancel). (How many went, bytes freed.)"""
         with self.metadata.lock("purge", blocking=False) as held:
             if not held:
-                return 0
+                return 0, 0
             now = self.clock()
             idle_cutoff = now - self.upload_max_age
-            # A monolithic session younger than a minute may not hold its lock yet; at start-up none runs here.
+            # A monolithic session a few seconds old may not hold its lock yet (it takes it right after its row is
+            # written): even at start-up, since other processes (another node, `dockyard gc`) may be uploading.
             with self.metadata.lifecycle() as step:
-                stale = step.stale_uploads(idle_cutoff, now if at_start else now - MONOLITHIC_MIN_AGE)
+                stale = step.stale_uploads(idle_cutoff, now - MONOLITHIC_MIN_AGE)
             doomed = [session for session in stale if session.updated_at < idle_cutoff or self._abandoned(session, now)]
+            freed = 0
             if doomed:
                 with self.metadata.lifecycle() as step:
                     for session in doomed:
                         step.delete_upload(session.id)
                 for session in doomed:
-                    self.store.abort_upload(session.id, session.state)
-            return len(doomed) + self._remove_orphan_uploads()
+                    freed += self.store.abort_upload(session.id, session.state)
+            orphaned, orphan_bytes = self._remove_orphan_uploads()
+            return len(doomed) + orphaned, freed + orphan_bytes
 
     def _abandoned(self, session, now: float) -> bool:
         """A monolithic session no request holds any more (where the store cannot tell: one over an hour old)."""
         busy = self.store.upload_in_progress(session.id)
         return busy is False or (busy is None and session.created_at < now - MONOLITHIC_MAX_AGE)
 
-    def _remove_orphan_uploads(self) -> int:
-        removed = 0
+    def _remove_orphan_uploads(self) -> tuple[int, int]:
+        removed = freed = 0
         ids = list(self.store.iterate_uploads())
         for start in range(0, len(ids), BATCH):
             batch = ids[start:start + BATCH]
             for session_id in set(batch) - self.metadata.known_uploads(batch):
-                self.store.abort_upload(session_id)
+                freed += self.store.abort_upload(session_id)
                 removed += 1
-        return removed
+        return removed, freed
 
-    def _remove_orphans(self, cutoff: float) -> int:
-        """Stored objects no blob row, no pending delete and no session row names, modified before `cutoff`."""
-        removed = 0
-        batch: list = []
-
-        def flush() -> None:
-            nonlocal removed
-            # Sessions before keys: a commit's transaction swaps its session row for its blob row, so a commit
-            # landing between the two reads still shows in one of them.
-            sessions = {obj.key: self.store.session_of(obj.key) for obj in batch}
-            live = self.metadata.known_uploads({sid for sid in sessions.values() if sid})
-            known = self.metadata.known_keys(obj.key for obj in batch)
-            for obj in batch:
-                if obj.key not in known and sessions[obj.key] not in live:
-                    self.store.delete(obj.key)
-                    removed += 1
-            batch.clear()
-
-        for obj in self.store.iterate():
-            if obj.modified < cutoff:
-                batch.append(obj)
-                if len(batch) >= BATCH:
-                    flush()
-        flush()
-        return removed
+    def _remove_orphans(self, cutoff: float) -> tuple[int, int]:
+        """Stored objects nothing names (see `orphans`): those of a session that is gone at any age, those of
+        no session (stored before keys were per session) once modified before `cutoff`. (How many, bytes.)"""
+        removed = freed = 0
+        for obj, session_gone in orphans(self.store, self.metadata):
+            if session_gone or obj.modified < cutoff:
+                self.store.delete(obj.key)
+                removed += 1
+                freed += obj.size
+        return removed, freed
 
     def recover(self) -> dict:
         """At start-up: finish interrupted deletes, drop monolithic sessions a killed request left and upload data
-        no session records. Cheap when there was no crash (it lists pending deletes and upload sessions, not blobs)."""
-        return {"deletes_finished": self.finish_deletes(), "uploads_removed": self.purge_uploads(at_start=True)}
+        no session records, and when that found any (there was a crash), the blobs those sessions had stored but
+        not yet recorded. Cheap when there was no crash: it lists pending deletes and upload sessions, not blobs."""
+        finished = self.finish_deletes()
+        removed, _ = self.purge_uploads()
+        orphans_removed = self._remove_orphans(cutoff=float("-inf"))[0] if removed else 0
+        return {"deletes_finished": finished, "uploads_removed": removed, "orphans_removed": orphans_removed}
 
     def run_if_due(self, interval: float, *, delete_untagged: bool, grace: float) -> GcReport | None:
         """For the schedule: run unless another process is collecting or a run finished less than `interval` ago."""
@@ -187,3 +182,27 @@ class GarbageCollector:
                 return None
             self.metadata.set_state("last_gc", str(self.clock()))
         return self.run(grace=grace, delete_untagged=delete_untagged)
+
+
+def orphans(store: BlobStore, metadata: Metadata) -> Iterator[tuple[StoredObject, bool]]:
+    """Stored objects no blob row and no pending delete names, except those of a session whose row is still there
+    (a commit in flight, or one a crash interrupted: the session's purge makes it garbage): (object, whether its
+    session is gone). Session rows are read before blob rows, a batch at a time: a commit moves a key from one to
+    the other in one transaction, so a key read as neither is never one being committed."""
+    batch: list[StoredObject] = []
+
+    def judge() -> Iterator[tuple[StoredObject, bool]]:
+        sessions = {obj.key: store.session_of(obj.key) for obj in batch}
+        live = metadata.known_uploads({sid for sid in sessions.values() if sid})
+        known = metadata.known_keys(obj.key for obj in batch)
+        for obj in batch:
+            sid = sessions[obj.key]
+            if obj.key not in known and sid not in live:
+                yield obj, sid is not None
+        batch.clear()
+
+    for obj in store.iterate():
+        batch.append(obj)
+        if len(batch) >= BATCH:
+            yield from judge()
+    yield from judge()

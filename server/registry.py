@@ -19,6 +19,7 @@ from .cache import BoundedCache
 from .config import Config
 from .errors import (BlobUnknown, BlobUploadUnknown, DigestInvalid, ManifestUnknown, NameUnknown,
                      RangeInvalid, RegistryError, TagInvalid)
+from .fsck import FsckReport, fsck
 from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata
@@ -98,6 +99,7 @@ class Registry:
         session_id = self._new_id()
         # The row first: the store never holds bytes nobody records.
         self._metadata.create_upload(name, session_id, owner=owner, limits=self.upload_limits)
+        now = self.clock()
         try:
             state = self._store.open_upload(session_id)
             if state != UploadState():
@@ -105,16 +107,15 @@ class Registry:
         except BaseException:
             self._metadata.delete_upload(session_id)
             raise
-        return self._session(name, session_id)
+        return UploadSession(session_id, name, state, now, now)
 
     def upload_status(self, name: str, session_id: str) -> UploadSession:
         return self._session(name, session_id)
 
     def append_upload(self, name: str, session_id: str, body: Body) -> UploadSession:
         """A PATCH: append the body to the session, in order."""
-        self._session(name, session_id)
         with self._store.upload_lock(session_id):
-            session = self._session(name, session_id)  # re-read under the lock: another worker may have moved it
+            session = self._session(name, session_id)  # read under the lock: another worker may have moved it
             self._check_range(session, body)
             self._check_room(name, session.length, body)
             self._append(session, body)
@@ -122,8 +123,8 @@ class Registry:
 
     def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body) -> StoredBlob:
         """The closing PUT: append an optional last chunk, verify the digest, commit the blob."""
-        self._session(name, session_id)
         if not digest:
+            self._session(name, session_id)  # an unknown session is 404 before a missing digest is 400
             raise DigestInvalid({"reason": "the closing PUT needs ?digest="}, message="digest missing")
         parsed = parse_digest(digest)
         with self._store.upload_lock(session_id):
@@ -136,7 +137,6 @@ class Registry:
         return self._record(name, stored, session_id)
 
     def cancel_upload(self, name: str, session_id: str) -> None:
-        self._session(name, session_id)
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)
             self._metadata.delete_upload(session_id)
@@ -370,9 +370,14 @@ class Registry:
         return self._gc.run_if_due(self.config.gc_interval, grace=self.config.gc_grace,
                                    delete_untagged=self.config.gc_delete_untagged)
 
-    def purge_uploads(self) -> int:
-        """Expired upload sessions and upload data no session records go; how many."""
+    def purge_uploads(self) -> tuple[int, int]:
+        """Expired upload sessions and upload data no session records go: (how many, bytes freed)."""
         return self._gc.purge_uploads()
+
+    def fsck(self, *, repair: bool = False, verify_digests: bool = False, grace: float | None = None) -> FsckReport:
+        """Whether the metadata and the blob store agree both ways (see `fsck`); with `repair`, what is safe."""
+        return fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
+                    grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
 
     def recover(self) -> dict:
         """After an unclean stop: finish interrupted deletes, drop upload data no session records."""

@@ -1,7 +1,8 @@
 """The metadata interface: repositories, blobs and their storage keys, manifests, tags, upload sessions, switches.
 
 Everything the registry knows except blob bytes lives behind `Metadata`. Drivers: SQLite (`sqlite.py`, the embedded
-default). Every driver passes the same contract suite (tests/contracts/test_metadata.py).
+default) and PostgreSQL (`postgres.py`, for several nodes on one database), chosen by the `database` setting's URL
+(`open_metadata`). Every driver passes the same contract suite (tests/contracts/test_metadata.py).
 
 Guarantees every driver gives
 -----------------------------
@@ -224,6 +225,20 @@ class Metadata(ABC):
         """Every blob row (for fsck)."""
 
     @abstractmethod
+    def forget_blob(self, digest: str) -> None:
+        """Forget a blob whose bytes are gone (fsck --repair): its row and every repository's link to it, so the
+        same content pushed again is stored afresh. Manifests that use it are left to report."""
+
+    @abstractmethod
+    def upload_sessions(self) -> Iterator[UploadSession]:
+        """Every upload session (for fsck)."""
+
+    @abstractmethod
+    def broken_references(self) -> list[tuple[str, str, str]]:
+        """(kind, subject, detail) of every reference that points nowhere: a tag naming no manifest of its
+        repository, a manifest without its bytes, a manifest naming a blob or child its repository does not hold."""
+
+    @abstractmethod
     def lock(self, name: str, *, blocking: bool = True) -> AbstractContextManager[bool]:
         """An exclusive lock shared by every process using this metadata (garbage collection, upload purge): the
         context's value says whether it is held (always True when `blocking`)."""
@@ -256,11 +271,38 @@ def blob_in_use(digest: str, manifests: list[str]) -> Unsupported:
                        message="the blob is used by a manifest of this repository; delete the manifest first")
 
 
-def open_metadata(config, *, clock: Callable[[], float]) -> Metadata:
-    """The configured metadata backend."""
-    from .sqlite import SqliteMetadata
-
-    return SqliteMetadata(config.data_path / "registry.db", clock=clock)
+def database_url(config) -> str:
+    """The `database` setting, or the default: SQLite in the data directory."""
+    return config.database or f"sqlite:///{config.data_path / 'registry.db'}"
 
 
-__all__ = ["Lifecycle", "Metadata", "open_metadata"]
+def redact(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a `sqlite:///PATH` URL (`sqlite:///rel/x.db` is relative, `sqlite:////abs/x.db` absolute)."""
+    return url[len("sqlite:///"):]
+
+
+def open_metadata(config, *, clock: Callable[[], float], check_schema: bool = True) -> Metadata:
+    """The configured metadata backend. PostgreSQL's schema is checked here (`dockyard migrate` applies it), unless
+    `check_schema` is False (the migrate command itself); SQLite migrates itself as it opens."""
+    url = database_url(config)
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteMetadata
+
+        return SqliteMetadata(sqlite_path(url), clock=clock)
+    from .postgres import PostgresMetadata
+
+    return PostgresMetadata(url, clock=clock, check_schema=check_schema)
+
+
+__all__ = ["Lifecycle", "Metadata", "database_url", "open_metadata", "redact", "sqlite_path"]

@@ -599,6 +599,40 @@ class SqliteMetadata(Metadata):
                 return
             last = rows[-1][0]
 
+    def forget_blob(self, digest: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM repository_blobs WHERE digest = ?", (digest,))
+            conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+
+    def upload_sessions(self) -> Iterator[UploadSession]:
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {SESSION_COLUMNS} FROM uploads u "
+                                "JOIN repositories r ON r.id = u.repository_id ORDER BY u.id").fetchall()
+        yield from (_session(row) for row in rows)
+
+    def broken_references(self) -> list[tuple[str, str, str]]:
+        with self._read() as conn:
+            tags = conn.execute(
+                "SELECT r.name, t.name, t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = t.repository_id "
+                "AND m.digest = t.digest)").fetchall()
+            contentless = conn.execute(
+                "SELECT r.name, m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+                "WHERE NOT EXISTS (SELECT 1 FROM manifest_content c WHERE c.digest = m.digest)").fetchall()
+            dangling = conn.execute(
+                "SELECT r.name, x.digest, x.child, x.kind FROM manifest_references x "
+                "JOIN repositories r ON r.id = x.repository_id WHERE "
+                "(x.kind = 'blob' AND NOT EXISTS (SELECT 1 FROM repository_blobs l JOIN blobs b ON b.digest = l.digest "
+                "WHERE l.repository_id = x.repository_id AND l.digest = x.child)) OR "
+                "(x.kind = 'manifest' AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = x.repository_id "
+                "AND m.digest = x.child))").fetchall()
+        return ([("broken reference", f"{name}:{tag}", f"the tag names {digest}, which the repository does not hold")
+                 for name, tag, digest in tags]
+                + [("broken reference", f"{name}@{digest}", "the manifest's bytes are missing")
+                   for name, digest in contentless]
+                + [("broken reference", f"{name}@{digest}", f"it uses {kind} {child}, which the repository does "
+                    "not hold") for name, digest, child, kind in dangling])
+
     @contextmanager
     def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
         fd = os.open(f"{self.path}.{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)

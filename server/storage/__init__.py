@@ -32,11 +32,12 @@ step leaves state that a crash at any point can be recovered from:
 3. Delete (garbage collection): one metadata transaction forgets the blob rows and writes a **pending delete** row
    per key -> `store.delete(key)` for each -> the pending rows are removed. Crash in between: the pending rows remain
    and are carried out by the next collection (and at start-up).
-4. Orphans: a stored object whose key no blob row, no pending delete and no session row names (`session_of`:
-   between steps 2's store call and its transaction, the object of a commit under way is named only by its session,
-   and its modification time may be old: an idle session's, or, on S3, when its multipart upload began), and an
-   upload session whose id no session row names, is garbage. Because of 1 and 2, nothing live ever looks like
-   that: garbage collection and `dockyard fsck --repair` remove them.
+4. Orphans: a stored object whose key no blob row and no pending delete names, and an upload session whose id no
+   session row names, is garbage. Because of 1 and 2, nothing live ever looks like that: garbage collection and
+   `dockyard fsck --repair` remove them. A key tells which session stored it (`session_of`): an unknown object
+   whose session row is still there is a commit in flight (or one a crash interrupted, which becomes garbage when
+   the session is purged), never touched; one whose session is gone is garbage at any age. To judge, the session
+   rows are read *before* the blob rows: a commit moves a key from one to the other in one transaction.
 
 This package never imports falcon: failures are the domain errors of `..errors`.
 """
@@ -75,8 +76,9 @@ class BlobStore(ABC):
         """Verify the session's content against `digest` and store it durably under a new key."""
 
     @abstractmethod
-    def abort_upload(self, session_id: str, state: UploadState | None = None) -> None:
-        """Throw a session's bytes away (cancelled, expired, failed, or committed as redundant). Idempotent."""
+    def abort_upload(self, session_id: str, state: UploadState | None = None) -> int:
+        """Throw a session's bytes away (cancelled, expired, failed, or committed as redundant); how many bytes that
+        freed, as far as the driver can tell. Idempotent."""
 
     def upload_lock(self, session_id: str) -> ContextManager:
         """Serialise the requests of one session where the driver can (the metadata's check on the recorded length
@@ -116,8 +118,8 @@ class BlobStore(ABC):
         """Every blob the store holds (for garbage collection and fsck)."""
 
     def session_of(self, key: str) -> str | None:
-        """The upload session a blob's key was committed from, when its key says (None otherwise): garbage
-        collection leaves a key alone while its session row exists, since that session's commit may be under way."""
+        """The upload session whose commit stored `key` (keys are made per session), or None for a key of
+        another shape (a blob stored before keys were per session)."""
         return None
 
     def redirect(self, key: str, digest: str, size: int) -> Redirect | None:

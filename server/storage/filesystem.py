@@ -52,7 +52,7 @@ SESSION_RE = re.compile(r"[0-9a-f-]{1,64}")
 FULL = (errno.ENOSPC, errno.EDQUOT)
 CHECK_EVERY = 16 * 1024 * 1024
 MIN_KEPT_FREE = 16 * 1024 * 1024  # bytes written between two looks at the free space while a body arrives
-KEY_RE = re.compile(r"(sha256|sha512)/[0-9a-f]{2}/[0-9a-f]{64,128}(?:\.[0-9a-f-]{1,64})?")
+KEY_RE = re.compile(r"(sha256|sha512)/[0-9a-f]{2}/[0-9a-f]{64,128}(?:\.([0-9a-f-]{1,64}))?")
 
 
 class RangeReader:
@@ -232,11 +232,14 @@ class FilesystemStore(BlobStore):
                 _fsync_dir(target.parent)
             return StoredBlob(str(digest), state.length, key)
 
-    def abort_upload(self, session_id: str, state: UploadState | None = None) -> None:
+    def abort_upload(self, session_id: str, state: UploadState | None = None) -> int:
+        path = self._upload_path(session_id)
         try:
-            os.unlink(self._upload_path(session_id))
+            size = os.stat(path).st_blocks * 512  # what the file really took, sparse or not
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return 0
+        return size
 
     def iterate_uploads(self) -> Iterator[str]:
         for entry in os.scandir(self._uploads):
@@ -290,17 +293,15 @@ class FilesystemStore(BlobStore):
                             continue
                         yield StoredObject(key, st.st_size, st.st_mtime)
 
-    def session_of(self, key: str) -> str | None:
-        """`<algorithm>/<2 hex>/<hex>.<session id>`: the session after the dot (keys from before 0004 have none)."""
-        if not KEY_RE.fullmatch(key or "") or "." not in key:
-            return None
-        return key.rsplit(".", 1)[1]
-
     def redirect(self, key: str, digest: str, size: int) -> Redirect | None:
         if not self.accel_prefix:
             return None
         self._blob_path(key)  # the key's shape is checked before it goes into a header
         return Redirect("accel", f"{self.accel_prefix}/{key}")
+
+    def session_of(self, key: str) -> str | None:
+        match = KEY_RE.fullmatch(key)
+        return match.group(2) if match else None
 
     def path_of(self, key: str) -> Path:
         """Where a blob's file is (for fsck's reports and tests)."""

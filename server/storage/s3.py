@@ -438,19 +438,26 @@ class S3Store(BlobStore):
             self._delete_quietly(self._name(key))
             raise DigestInvalid({"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"})
 
-    def abort_upload(self, session_id: str, state: UploadState | None = None) -> None:
-        """Abort every multipart upload of the session's key and delete its leftovers; never the committed blob."""
+    def abort_upload(self, session_id: str, state: UploadState | None = None) -> int:
+        """Abort every multipart upload of the session's key and delete its leftovers; never the committed blob.
+        The bytes freed: the leftovers', and the recorded parts' when `state` names the multipart upload."""
         self._check_session(session_id)
         name = self._name(self.key_for(session_id))
+        freed = 0
+        recorded = state.driver.get("upload") if state is not None and state.driver else None
         for upload in self._multipart_uploads(name):
             if upload["Key"] == name:
                 try:
                     self._call("abort_multipart_upload", Key=name, UploadId=upload["UploadId"],
                                expect=("NoSuchUpload", "404"))
+                    if upload["UploadId"] == recorded:
+                        freed += len(state.driver.get("parts", ())) * int(state.driver.get("part_size", 0))
                 except _Answer:
                     pass  # aborted or completed meanwhile
         for obj in self._objects(self._name(f"uploads/{session_id}/")):
             self._call("delete_object", Key=obj["Key"])
+            freed += obj["Size"]
+        return freed
 
     def iterate_uploads(self) -> Iterator[str]:
         seen: set[str] = set()

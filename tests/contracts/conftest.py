@@ -30,8 +30,17 @@ def filesystem_store(tmp_path, block_size: int):
     return FilesystemStore(tmp_path / "store", block_size=block_size)
 
 
-def sqlite_metadata(tmp_path, clock):
+def sqlite_metadata(request, tmp_path, clock):
     return SqliteMetadata(tmp_path / "registry.db", clock=clock)
+
+
+def postgresql_metadata(request, tmp_path, clock):
+    from dockyard.server.metadata.postgres import PostgresMetadata
+
+    return PostgresMetadata(request.getfixturevalue("postgresql_url"), clock=clock)
+
+
+METADATA = {"postgresql": postgresql_metadata, "sqlite": sqlite_metadata}
 
 
 def s3_store(tmp_path, block_size: int, *, swift, s3_bucket):
@@ -44,7 +53,6 @@ def s3_store(tmp_path, block_size: int, *, swift, s3_bucket):
 s3_store.fixtures = ("swift", "s3_bucket")  # what the factory needs from pytest, asked for only when it runs
 
 BLOB_STORES = {"filesystem": filesystem_store, "s3": s3_store}
-METADATA = {"sqlite": sqlite_metadata}
 
 
 @pytest.fixture(params=sorted(BLOB_STORES))
@@ -78,6 +86,6 @@ def clock():
 
 @pytest.fixture(params=sorted(METADATA))
 def metadata(request, tmp_path, clock):
-    md = METADATA[request.param](tmp_path, clock)
+    md = METADATA[request.param](request, tmp_path, clock)
     yield md
     md.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 
@@ -97,6 +98,45 @@ def test_quotas_are_checked_in_the_linking_transaction(metadata):
     assert metadata.quota_usage(quota) == 60
     with pytest.raises(Denied):
         metadata.mount_blob("solo", "team/a", digest("one"), quotas=[Quota("solo", 10)])
+
+
+def at_once(count: int, work) -> list:
+    """work(i) in `count` threads released together; each result, or the exception it raised."""
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_racing_pushes_cannot_pass_a_quota_together(metadata):
+    for team in range(5):  # a few rounds: a missing lock lets two in only some of the time
+        quota = Quota(f"team{team}/", 100)
+        results = at_once(8, lambda i: metadata.record_blob(f"team{team}/app{i}", blob(f"layer{team}.{i}", 60),
+                                                            quotas=[quota]))
+        assert sum(r is None for r in results) == 1 and sum(isinstance(r, Denied) for r in results) == 7, results
+        assert metadata.quota_usage(quota) == 60
+
+
+def test_racing_commits_of_one_digest_into_a_new_repository_keep_one_key(metadata):
+    results = at_once(8, lambda i: metadata.record_blob("new/repo", blob("same", key=f"key-{i}")))
+    stored = metadata.blob("new/repo", digest("same")).key
+    assert results.count(None) == 1 and sorted(r for r in results if r) == sorted(
+        f"key-{i}" for i in range(8) if f"key-{i}" != stored)
+    m = manifest("same")
+    assert at_once(8, lambda i: metadata.put_manifest("new/repo", m, f"t{i}")) == [None] * 8
+    assert metadata.tags("new/repo", None, None) == ([f"t{i}" for i in range(8)], False)
+    assert metadata.catalog(10, None) == (["new/repo"], False)
 
 
 # -- upload sessions -----------------------------------------------------------------------------------------------

@@ -62,10 +62,14 @@ def test_healthz(client):
     client.head("/healthz", status=200)
 
 
-def test_readyz_checks_the_database_and_the_data_directory(client, config):
+def test_readyz_checks_the_database_and_the_data_directory(request, client, config):
     assert client.get("/readyz").json == {"status": "ready", "checks": {"database": "ok", "storage": "ok"}}
     assert not list(config.data_path.glob(".readyz-*"))  # the write probe cleans up after itself
-    os.unlink(config.data_path / "registry.db")
+    if config.database.startswith("postgresql://"):  # the --metadata=postgresql pass
+        database = config.database.split("?")[0].rsplit("/", 1)[1]
+        request.getfixturevalue("postgresql").execute(f"DROP DATABASE {database} WITH (FORCE)")
+    else:
+        os.unlink(config.data_path / "registry.db")
     resp = client.get("/readyz", status=503)
     assert resp.json["status"] == "not ready" and resp.json["checks"]["database"].startswith("failed")
     assert resp.json["checks"]["storage"] == "ok"
