@@ -99,3 +99,20 @@ def test_orphans_of_a_crash_and_interrupted_deletes(registry):
     assert store.stat(in_flight.key) is not None  # never touched while its session lives
     metadata.delete_upload(session(8))  # the session goes (purged): its object is garbage now
     assert [p.subject for p in fsck(store, metadata).problems] == [in_flight.key]
+
+
+def test_a_session_whose_commit_stored_its_object_is_not_lost(store, metadata):
+    """Between a commit's store step and its transaction (or after a crash there), the session's bytes are the
+    stored object, not upload data: neither a lost upload nor an orphan while its row lives."""
+    from dockyard.server.model import UploadState
+
+    metadata.create_upload("repo", session(9))
+    data = b"committed, not yet recorded"
+    state = store.append(session(9), store.open_upload(session(9)), StreamSource(io.BytesIO(data), len(data)))
+    assert metadata.save_upload(session(9), 0, state)
+    blob = store.commit(session(9), UploadState.from_json(state.length, state.to_json()),
+                        Digest("sha256", hashlib.sha256(data).hexdigest()))
+    assert fsck(store, metadata).problems == []
+    assert fsck(store, metadata, repair=True).problems == [] and store.stat(blob.key) == len(data)
+    metadata.record_blob("repo", blob, session_id=session(9))  # the commit finishes (its row is still there)
+    assert fsck(store, metadata).clean
