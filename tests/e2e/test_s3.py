@@ -679,10 +679,9 @@ def test_store_stopped_mid_upload_and_mid_download(swift, start_dockyard, tmp_pa
 def test_worker_killed_between_the_store_commit_and_the_metadata_commit(swift, start_dockyard, tmp_path):
     """Two uploads whose multipart upload is completed in the store, each followed by a SIGKILL of the worker
     before the metadata records the blob (held back by taking the metadata's write lock): a stray object each, no
-    blob row. While its session row lives, garbage collection leaves it (the client may retry), and the first
-    client's retried PUT completes the commit without sending a byte again; the second session expires, and then
-    garbage collection removes its object and says so. (`dockyard fsck` does not exist yet: the bucket listing,
-    the metadata and GC's report stand in for it.)"""
+    blob row. While its session row lives, neither `dockyard fsck` nor garbage collection counts it as garbage (the
+    client may retry), and the first client's retried PUT completes the commit without sending a byte again; the
+    second client cancels its session, and then fsck finds the stray object and garbage collection removes it."""
     bucket = new_bucket(swift)
     data = tmp_path / "data"
     server = start_dockyard(data=data, config=storage_toml(swift, bucket), workers=1)
@@ -722,6 +721,8 @@ def test_worker_killed_between_the_store_commit_and_the_metadata_commit(swift, s
     time.sleep(1.5)  # s3api rounds LastModified up to the second: let the objects be older than grace 0
     report = gc_until_up(server, grace_seconds=0)
     assert report["orphan_files_removed"] == 0, report  # their sessions may still complete
+    code, found = fsck(server, data)
+    assert code == 0 and found["clean"], found["problems"]
 
     offset = swift.log_size()
     r = requests.put(with_digest(locations["retried"], sha256(blobs["retried"])), timeout=60)
@@ -739,12 +740,25 @@ def test_worker_killed_between_the_store_commit_and_the_metadata_commit(swift, s
                         headers={"Content-Type": OCI_MANIFEST}, timeout=30)
     assert r.status_code == 201, r.text
 
-    with sqlite3.connect(data / "registry.db") as db:  # the other session: idle for two days
-        db.execute("UPDATE uploads SET updated_at = updated_at - 172800 WHERE id = ?", (sessions["abandoned"],))
+    assert server.http.delete(locations["abandoned"], timeout=30).status_code == 204  # the other client gives up
+    code, found = fsck(server, data)
+    assert code == 1 and [(p["kind"], p["subject"]) for p in found["problems"]] == \
+        [("orphan blob", f"blobs/{sessions['abandoned']}")], found
     report = gc_until_up(server, grace_seconds=0)
-    assert (report["uploads_purged"], report["orphan_files_removed"]) == (1, 1), report
+    assert report["orphan_files_removed"] == 1, report
+    code, found = fsck(server, data)
+    assert code == 0 and found["problems"] == [], found
     assert f"blobs/{sessions['abandoned']}" not in store.blob_keys() and store.leftovers() == set()
     assert f"blobs/{sessions['retried']}" in store.blob_keys() and report["blobs_removed"] == 0
+
+
+def fsck(server, data: Path) -> tuple[int, dict]:
+    """`dockyard fsck --json` on the server's configuration: (exit status, report)."""
+    result = subprocess.run([shutil.which("dockyard") or "dockyard", "fsck", "--json", "--data", str(data),
+                             "--config", str(server.log_path.parent / "dockyard.toml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
 
 
 def gc_until_up(server, **options) -> dict:
