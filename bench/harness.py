@@ -176,7 +176,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def reference_registry(workdir: Path) -> AbstractContextManager[Target]:
+def reference_registry(workdir: Path, storage: str | None = None) -> AbstractContextManager[Target]:
+    """The reference registry; `storage` replaces its filesystem driver's YAML lines (bench/s3.py: its s3 driver)."""
     binary = shutil.which("docker-registry")
     if not binary:
         raise BenchError(
@@ -184,9 +185,18 @@ def reference_registry(workdir: Path) -> AbstractContextManager[Target]:
         )
     port = free_port()
     config = workdir / "config.yml"
-    # JSON strings are YAML strings: quoting the path keeps any character in it literal.
-    config.write_text(REFERENCE_CONFIG.format(root=json.dumps(str(workdir / "data")), addr=f"{HOST}:{port}"))
+    config.write_text(reference_config(workdir / "data", f"{HOST}:{port}", storage))
     return server_process("reference", [binary, "serve", str(config)], port, workdir / "server.log")
+
+
+def reference_config(root: Path, addr: str, storage: str | None = None) -> str:
+    # JSON strings are YAML strings: quoting the path keeps any character in it literal.
+    text = REFERENCE_CONFIG.format(root=json.dumps(str(root)), addr=addr)
+    if storage is None:
+        return text
+    filesystem = f"  filesystem:\n    rootdirectory: {json.dumps(str(root))}\n"
+    assert filesystem in text
+    return text.replace(filesystem, storage)
 
 
 def dockyard(

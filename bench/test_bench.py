@@ -135,3 +135,17 @@ server {
     assert "server 127.0.0.1:1111;" in text
     assert "alias /data/blobs/;" in text
     assert nginx_front.accel_prefix() == "/_blobs"
+
+
+def test_the_reference_on_s3_gets_an_s3_storage_block_in_place_of_the_filesystem():
+    import s3
+    from harness import reference_config
+
+    class Store:
+        access_key, secret_key, region, endpoint = "test:tester", 'se"cret', "us-east-1", "http://127.0.0.1:9"
+
+    text = reference_config(Path("/tmp/ref data"), "127.0.0.1:5000", s3.reference_storage(Store(), "bucket-1"))
+    assert "filesystem:" not in text and "rootdirectory: /\n" in text
+    assert '    secretkey: "se\\"cret"\n' in text and '    bucket: "bucket-1"\n' in text
+    assert "  redirect:\n    disable: true\n" in text and "chunksize: 8388608" in text
+    assert "  cache:\n    blobdescriptor: inmemory\n" in text and "  delete:\n    enabled: true\n" in text

@@ -16,7 +16,7 @@ from . import routes
 from .background import BackgroundJobs
 from .cache import BoundedCache
 from .config import Config, load_config
-from .errors import RegistryError, Unknown, error_body, error_for_status
+from .errors import RegistryError, Unavailable, Unknown, error_body, error_for_status
 from .metadata import Metadata, open_metadata
 from .observability import InstrumentedApp
 from .observability import install as install_observability
@@ -71,7 +71,11 @@ def build_registry(config: Config, *, store: BlobStore | None = None, metadata: 
     registry = Registry(config, store or open_store(config), metadata or open_metadata(config, clock=clock),
                         clock=clock, new_id=new_id)
     if recover:
-        recovered = registry.recover()
+        try:
+            recovered = registry.recover()
+        except Unavailable as exc:  # a remote blob store that is down must not stop the registry from starting
+            log.warning("recovery after an unclean stop postponed to the next purge: %s", exc)
+            return registry
         if any(recovered.values()):
             log.warning("recovered after an unclean stop: %s", recovered)
     return registry

@@ -29,6 +29,59 @@ def _setting(default: Any, help: str, *, minimum: int | None = None, choices: tu
     return field(default=default, metadata={"help": help, "minimum": minimum, "choices": choices})
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The `[storage]` table: which blob store, and how to reach it. Every key but `driver` is the s3 driver's."""
+    driver: str = _setting("filesystem", "Where blobs live: `filesystem` (under `data`) or `s3` (a bucket of any "
+                           "S3-compatible store).", choices=("filesystem", "s3"))
+    bucket: str = _setting("", "The bucket (it must exist). Required with `s3`.")
+    prefix: str = _setting("", "A folder inside the bucket for everything Dockyard stores (letters, digits, "
+                           "`.`, `_`, `-`, `/`), so several registries can share one bucket.")
+    endpoint_url: str = _setting("", "The store's URL, e.g. `https://minio.example.com:9000`; empty: AWS S3 in "
+                                 "`region`.")
+    region: str = _setting("", "The region; empty: AWS's usual sources (`AWS_REGION`, `~/.aws/config`), else "
+                           "`us-east-1`.")
+    path_style: bool = _setting(False, "Path-style URLs (`https://host/bucket/key`), which most stores other than "
+                                "AWS need; false: the bucket in the host name.")
+    access_key_id: str = _setting("", "Access key; empty: AWS's usual sources (`AWS_ACCESS_KEY_ID`, "
+                                  "`~/.aws/credentials`, an instance or pod role).")
+    secret_access_key: str = field(default="", repr=False, metadata={
+        "help": "Secret key, with `access_key_id`.", "minimum": None, "choices": ()})
+    tls_verify: bool = _setting(True, "Verify the store's TLS certificate.")
+    ca_bundle: str = _setting("", "A PEM file of the CAs to verify the store's certificate with; empty: the "
+                              "system's.")
+    part_size: int = _setting(8 * MIB, "Bytes per part of a multipart upload; at most 10,000 parts make a blob, so "
+                              "this also caps a blob's size (8 MiB: 78 GiB).", minimum=5 * MIB)
+    download: str = _setting("proxy", "How blob downloads leave: `proxy` (through Dockyard), `redirect` (307 to a "
+                             "presigned URL of the store) or `accel` (nginx fetches it: see Deploying).",
+                             choices=("proxy", "redirect", "accel"))
+    presign_expiry: int = _setting(1200, "Seconds a presigned download URL stays valid (`redirect`, `accel`).",
+                                   minimum=1)
+    checksums: str = _setting("when_required", "When boto3 adds checksums to requests and checks them in answers: "
+                              "`when_required` (accepted by every store) or `when_supported` (boto3's default, "
+                              "which some S3-compatible stores reject).", choices=("when_required", "when_supported"))
+    timeout: int = _setting(30, "Seconds to connect to the store, and to wait for each of its answers, before a "
+                            "request is retried (3 attempts in all) or fails with 503.", minimum=1)
+
+    def __post_init__(self) -> None:
+        import importlib.util
+        import re
+
+        if self.presign_expiry > 7 * 24 * 3600:
+            raise ConfigError("setting 'storage.presign_expiry': at most 604800 (7 days, SigV4's limit)")
+        if not re.fullmatch(r"(?:[A-Za-z0-9._-]+/?)*", self.prefix.strip("/")) or ".." in self.prefix.split("/"):
+            raise ConfigError(f"setting 'storage.prefix': letters, digits, '.', '_', '-' and '/' only, got "
+                              f"{self.prefix[:100]!r}")
+        if self.driver == "s3":
+            if not self.bucket:
+                raise ConfigError("setting 'storage.bucket': required with driver = \"s3\"")
+            if importlib.util.find_spec("boto3") is None:
+                raise ConfigError("setting 'storage.driver': \"s3\" needs boto3: pip install 'dockyard[s3]'")
+
+
 @dataclass(frozen=True)
 class Config:
     bind: str = _setting("0.0.0.0:5000", "Address and port to listen on, HOST:PORT (the reference registry's port).")
@@ -36,6 +89,8 @@ class Config:
     database: str = _setting("", "The metadata database, a URL: `sqlite:///PATH` (three slashes and a relative "
                              "path, four for an absolute one) or `postgresql://USER:PASSWORD@HOST:PORT/DB`. "
                              "Empty: `<data>/registry.db`.")
+    storage: StorageConfig = _setting(StorageConfig(), "Where blobs live: a TOML table `[storage]` (keys: "
+                                      "`StorageConfig`); each key also as `DOCKYARD_STORAGE_<KEY>`.")
     workers: int = _setting(0, "gunicorn worker processes; 0 means two per CPU core.", minimum=0)
     threads: int = _setting(64, "Threads per worker; a request holds one while it runs (a blob transfer for as long as "
                             "it takes), idle connections and request headers hold none.", minimum=1)
@@ -101,6 +156,12 @@ class Config:
         if not UI_PREFIX_RE.fullmatch(self.ui_prefix) or self.ui_prefix.startswith(("/v2/", "/auth/")):
             raise ConfigError(f"setting 'ui_prefix': expected a path like /ui/ (letters, digits, - _ . /; not "
                               f"under /v2/ or /auth/), got {self.ui_prefix!r}")
+        if self.storage.driver == "filesystem" and self.storage.download != "proxy":
+            raise ConfigError("setting 'storage.download': the filesystem driver sends blobs itself or through "
+                              "nginx with accel_redirect; only \"proxy\" applies to it")
+        if self.storage.download == "accel" and not self.accel_redirect.startswith("/"):
+            raise ConfigError("setting 'accel_redirect': storage.download = \"accel\" needs the nginx internal "
+                              "location, a path starting with '/'")
 
     @property
     def data_path(self) -> Path:
@@ -117,6 +178,7 @@ class Config:
 
 
 SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
+STORAGE_SETTINGS = {f.name: f for f in dataclasses.fields(StorageConfig)}
 
 
 def _middleware_entries(value: Any) -> tuple:
@@ -153,12 +215,26 @@ def _quota_entries(value: Any) -> tuple:
     return tuple(entries)
 
 
+def _storage_table(value: Any) -> dict:
+    """The keys of a `[storage]` table, each checked; the table is checked as a whole once every source is read."""
+    if isinstance(value, StorageConfig):
+        return dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise ConfigError("setting 'storage': expected a table [storage]")
+    unknown = sorted(set(value) - set(STORAGE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(f'storage.{key}' for key in unknown)}")
+    return {key: _coerce(f"storage.{key}", item) for key, item in value.items()}
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "middleware":
         return _middleware_entries(value)
     if name == "quotas":
         return _quota_entries(value)
-    f = SETTINGS[name]
+    if name == "storage":
+        return _storage_table(value)
+    f = SETTINGS[name] if not name.startswith("storage.") else STORAGE_SETTINGS[name.removeprefix("storage.")]
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
     if kind is bool:
         if isinstance(value, bool):
@@ -205,13 +281,19 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
                 raise ConfigError(f"unknown setting {key!r} in {str(path)!r}")
             values[name] = _coerce(name, value)
         values["config"] = str(path)
+    storage_environ = {}
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX):].lower()
-            if name not in SETTINGS or name in ("middleware", "quotas"):
+            if name.startswith("storage_") and name.removeprefix("storage_") in STORAGE_SETTINGS:
+                storage_environ[name.removeprefix("storage_")] = value
+                continue
+            if name not in SETTINGS or name in ("middleware", "quotas", "storage"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = _coerce(name, value)
+    if "storage" in values or storage_environ:
+        values["storage"] = StorageConfig(**{**values.get("storage", {}), **_storage_table(storage_environ)})
     return Config(**values)

@@ -126,8 +126,11 @@ def _uploads(store, metadata, report, repair) -> None:
             store.abort_upload(session_id)
             problem.repaired = True
         report.problems.append(problem)
+    # A session whose commit stored its object but did not record it yet (in flight, or interrupted by a crash)
+    # holds its bytes in that object, no longer as upload data: not lost.
+    committed = {store.session_of(obj.key) for obj in store.iterate()}
     for session in metadata.upload_sessions():
-        if session.id not in in_store and session.length > 0:
+        if session.id not in in_store and session.id not in committed and session.length > 0:
             problem = Problem("lost upload", session.id, f"{session.repository}: {session.length} bytes recorded, "
                                                          "none stored")
             if repair:

@@ -3,11 +3,19 @@
 `pytest --metadata=postgresql` runs them on PostgreSQL (tests/run.sh does that for tests/server and
 tests/middleware after the main run): the `config` fixture then names a fresh PostgreSQL database of the test's own,
 and so does every app a test builds from a Config of its own that names no database (`_metadata_backend`).
+
+The real S3 store (OpenStack Swift, tests/swift_store.py) that the contract and end-to-end tests of the s3 driver
+use is here too: one per test session, started on first use, a bucket of its own for each test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
 import pytest
 import webtest
@@ -15,6 +23,7 @@ import webtest
 from dockyard.server.app import create_app
 from dockyard.server.config import Config
 from pg_server import new_postgresql_server, postgresql, postgresql_url  # noqa: F401  (fixtures for every test)
+from swift_store import SwiftStore
 
 
 def pytest_addoption(parser):
@@ -74,3 +83,31 @@ def app(config):
 @pytest.fixture
 def client(app) -> webtest.TestApp:
     return webtest.TestApp(app)
+
+
+@pytest.fixture(scope="session")
+def swift():
+    """One real Swift (s3api + tempauth) on 127.0.0.1 for the whole session, under a temp directory. Missing
+    packages fail the test with CI=true and skip it elsewhere."""
+    root = Path(tempfile.mkdtemp(prefix="dy-swift-"))
+    try:
+        store = SwiftStore.start(root)
+    except FileNotFoundError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{exc} (CI=true: a missing tool is a failure)", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield store
+    finally:
+        complaints = store.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not complaints, complaints
+
+
+@pytest.fixture
+def s3_bucket(swift) -> str:
+    """A new, empty bucket of this test's own in the session's Swift."""
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    swift.create_bucket(name)
+    return name

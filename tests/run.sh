@@ -10,7 +10,8 @@ DEBIAN_PACKAGES=(python3-venv skopeo umoci podman buildah docker.io nginx apache
                  ca-certificates openssl iproute2
                  systemd docker-compose  # systemd-analyze verifies deploy/systemd; docker-compose checks compose.yaml
                  postgresql  # the metadata backend for several nodes: its contract suite and a second WSGI pass
-                 chromium chromium-driver)  # the web UI's browser tests (tests/e2e/web/); downloads nothing
+                 chromium chromium-driver  # the web UI's browser tests (tests/e2e/web/); downloads nothing
+                 swift swift-proxy swift-account swift-container swift-object python3-swift memcached)  # S3 store
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -25,7 +26,7 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,tui,postgresql]'
+.venv/bin/python -m pip install -q -e '.[test,tui,postgresql,s3]'
 
 export PATH="$PWD/.venv/bin:$PATH"
 if [ $# -gt 0 ]; then

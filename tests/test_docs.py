@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.server.cli import build_parser
-from dockyard.server.config import SETTINGS, Config
+from dockyard.server.config import SETTINGS, STORAGE_SETTINGS, Config, StorageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -23,7 +23,9 @@ def test_every_setting_is_documented_with_its_default(name):
     assert name in documented, f"setting {name!r} missing from the README's configuration table"
     default = getattr(Config(), name)
     shown = documented[name].strip("`")
-    if default in ("", ()):
+    if dataclasses.is_dataclass(default):  # a TOML table: its keys have rows of their own (below)
+        assert shown == "(table)"
+    elif default in ("", ()):
         assert shown in ("(none)", "(empty)")
     elif default == "":
         assert shown == "(empty)"
@@ -31,6 +33,15 @@ def test_every_setting_is_documented_with_its_default(name):
         assert shown == str(default).lower()
     else:
         assert shown == str(default)
+
+
+@pytest.mark.parametrize("key", sorted(STORAGE_SETTINGS))
+def test_every_storage_key_is_documented_with_its_default(key):
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `storage\.(\w+)` \| (.*?) \|", README, re.M)}
+    assert key in rows, f"storage.{key} missing from the README's [storage] table"
+    default, shown = getattr(StorageConfig(), key), rows[key].strip("`")
+    assert shown == ("(empty)" if default == "" else str(default).lower() if isinstance(default, bool)
+                     else f'"{default}"' if isinstance(default, str) else str(default))
 
 
 def test_readme_documents_no_unknown_setting():

@@ -3,7 +3,8 @@
 A `BlobStore` holds two kinds of things: **upload sessions** (bytes arriving, in order, not yet verified) and
 **blobs** (verified, immutable, each under a storage key). It knows nothing of repositories, tags or manifests:
 which digest is stored under which key, and who may read it, is the metadata's. Drivers: `filesystem` (the default,
-`filesystem.py`). Every driver passes the same contract suite (tests/contracts/test_blob_store.py).
+`filesystem.py`) and `s3` (any S3-compatible object store, `s3.py`), chosen by the `[storage]` settings. Every
+driver passes the same contract suite (tests/contracts/test_blob_store.py).
 
 What is atomic, what is visible when
 ------------------------------------
@@ -137,7 +138,13 @@ class BlobStore(ABC):
 
 
 def open_store(config) -> BlobStore:
-    """The configured blob store."""
+    """The configured blob store (`storage.driver`)."""
+    if config.storage.driver == "s3":
+        from .s3 import S3Store
+
+        # One connection per request thread, and one for the part upload each may have in flight.
+        return S3Store.from_settings(config.storage, accel_prefix=config.accel_redirect,
+                                     max_connections=2 * config.threads + 2, block_size=config.io_block_size)
     from .filesystem import FilesystemStore
 
     return FilesystemStore(config.data_path, block_size=config.io_block_size,

@@ -10,6 +10,7 @@ import pytest
 
 from dockyard.server.metadata.sqlite import SqliteMetadata
 from dockyard.server.storage.filesystem import FilesystemStore
+from dockyard.server.storage.s3 import MIN_PART_SIZE, S3Store
 
 
 class Clock:
@@ -39,8 +40,19 @@ def postgresql_metadata(request, tmp_path, clock):
     return PostgresMetadata(request.getfixturevalue("postgresql_url"), clock=clock)
 
 
-BLOB_STORES = {"filesystem": filesystem_store}
 METADATA = {"postgresql": postgresql_metadata, "sqlite": sqlite_metadata}
+
+
+def s3_store(tmp_path, block_size: int, *, swift, s3_bucket):
+    """The real store of the session (tests/swift_store.py), a bucket per test, the smallest part S3 allows."""
+    return S3Store(s3_bucket, endpoint_url=swift.endpoint, region=swift.region, path_style=True,
+                   access_key_id=swift.access_key, secret_access_key=swift.secret_key, part_size=MIN_PART_SIZE,
+                   block_size=block_size, timeout=10)
+
+
+s3_store.fixtures = ("swift", "s3_bucket")  # what the factory needs from pytest, asked for only when it runs
+
+BLOB_STORES = {"filesystem": filesystem_store, "s3": s3_store}
 
 
 @pytest.fixture(params=sorted(BLOB_STORES))
@@ -49,8 +61,11 @@ def make_store(request, tmp_path):
     returns another handle on the same store (a second worker or host)."""
     created = []
 
+    factory = BLOB_STORES[request.param]
+    fixtures = {name: request.getfixturevalue(name) for name in getattr(factory, "fixtures", ())}
+
     def make(block_size: int = 4096):
-        store = BLOB_STORES[request.param](tmp_path, block_size)
+        store = factory(tmp_path, block_size, **fixtures)
         created.append(store)
         return store
 

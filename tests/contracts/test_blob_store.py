@@ -207,3 +207,11 @@ def test_a_session_held_by_a_request_is_never_reported_idle(store):
     assert store.upload_in_progress(SESSION) in (False, None)
     store.abort_upload(SESSION)
     assert store.upload_in_progress(SESSION) in (False, None)
+
+
+def test_a_committed_key_names_its_session(store):
+    """Garbage collection spares a key while its session row exists: that session's commit may be under way (its
+    object stored, its blob row not written yet), and the object's modification time may be old."""
+    blob = store.commit(SESSION, upload(store, DATA), DIGEST)
+    assert store.session_of(blob.key) == SESSION
+    assert store.session_of("../../etc/passwd") is None

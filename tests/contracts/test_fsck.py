@@ -80,7 +80,8 @@ def test_orphans_of_a_crash_and_interrupted_deletes(registry):
     orphan = commit(store, session(4), b"committed, never recorded")  # its session row is gone: garbage
     metadata.create_upload("repo", session(8))
     in_flight = commit(store, session(8), b"committed a moment ago")  # its row is still there: a commit in flight
-    store.open_upload(session(5))  # upload data whose session row never came
+    # Upload data whose session row never came (bytes appended: a driver may store nothing when a session opens).
+    store.append(session(5), store.open_upload(session(5)), StreamSource(io.BytesIO(b"stray"), 5))
     metadata.create_upload("repo", session(6))
     from dockyard.server.model import UploadState
     metadata.save_upload(session(6), 0, UploadState(100))  # a session whose bytes the store lost
@@ -98,3 +99,20 @@ def test_orphans_of_a_crash_and_interrupted_deletes(registry):
     assert store.stat(in_flight.key) is not None  # never touched while its session lives
     metadata.delete_upload(session(8))  # the session goes (purged): its object is garbage now
     assert [p.subject for p in fsck(store, metadata).problems] == [in_flight.key]
+
+
+def test_a_session_whose_commit_stored_its_object_is_not_lost(store, metadata):
+    """Between a commit's store step and its transaction (or after a crash there), the session's bytes are the
+    stored object, not upload data: neither a lost upload nor an orphan while its row lives."""
+    from dockyard.server.model import UploadState
+
+    metadata.create_upload("repo", session(9))
+    data = b"committed, not yet recorded"
+    state = store.append(session(9), store.open_upload(session(9)), StreamSource(io.BytesIO(data), len(data)))
+    assert metadata.save_upload(session(9), 0, state)
+    blob = store.commit(session(9), UploadState.from_json(state.length, state.to_json()),
+                        Digest("sha256", hashlib.sha256(data).hexdigest()))
+    assert fsck(store, metadata).problems == []
+    assert fsck(store, metadata, repair=True).problems == [] and store.stat(blob.key) == len(data)
+    metadata.record_blob("repo", blob, session_id=session(9))  # the commit finishes (its row is still there)
+    assert fsck(store, metadata).clean

@@ -601,6 +601,16 @@ def podman(registry, session_dir):
     return Podman(session_dir / "podman", registry)
 
 
+@pytest.fixture(scope="session")
+def clients_for(session_dir):
+    """Clients of a registry other than the session's (e.g. one a test started): clients_for(server) ->
+    (skopeo, podman), each with configuration and storage of their own."""
+    def make(server: Registry):
+        home = session_dir / f"c{server.port}"  # short: podman refuses a run root longer than 50 characters
+        return Skopeo(home / "s", server), Podman(home / "p", server)
+    return make
+
+
 class Docker:
     """A real dockerd of this session's own (data root, exec root, socket, client config in a temp dir)."""
 

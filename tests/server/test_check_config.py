@@ -42,3 +42,10 @@ def test_prints_effective_settings_and_the_chain(tmp_path, capsys):
 def test_errors_exit_2_with_the_message(tmp_path, capsys, text, message):
     code, out, err = check(tmp_path, capsys, text)
     assert code == 2 and message in err and "configuration error" in err
+
+
+def test_storage_settings_are_shown_without_the_secret(tmp_path, capsys):
+    code, out, err = check(tmp_path, capsys, '[storage]\ndriver = "s3"\nbucket = "registry"\n'
+                           'secret_access_key = "hunter2-secret"\n')
+    assert code == 0, err
+    assert "driver='s3'" in out and "bucket='registry'" in out and "hunter2" not in out

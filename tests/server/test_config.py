@@ -80,3 +80,64 @@ def test_bad_middleware_tables(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path, environ={})
+
+
+# -- [storage] (issue 13) ----------------------------------------------------------------------------------------
+
+def test_storage_table_then_environment(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[storage]\ndriver = "s3"\nbucket = "registry"\npath_style = true\npart_size = 16777216\n')
+    config = load_config(path, environ={"DOCKYARD_STORAGE_PREFIX": "team/", "DOCKYARD_STORAGE_BUCKET": "other",
+                                        "DOCKYARD_STORAGE_TLS_VERIFY": "false"})
+    storage = config.storage
+    assert (storage.driver, storage.bucket, storage.prefix, storage.path_style, storage.part_size,
+            storage.tls_verify) == ("s3", "other", "team/", True, 16 * 1024 * 1024, False)
+    assert load_config(environ={}).storage.driver == "filesystem"
+
+
+def test_the_bucket_may_come_from_the_environment_alone(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[storage]\ndriver = "s3"\n')  # incomplete in the file, completed by the environment
+    assert load_config(path, environ={"DOCKYARD_STORAGE_BUCKET": "b"}).storage.bucket == "b"
+
+
+def test_the_secret_key_is_never_shown():
+    config = load_config(environ={"DOCKYARD_STORAGE_DRIVER": "s3", "DOCKYARD_STORAGE_BUCKET": "b",
+                                  "DOCKYARD_STORAGE_SECRET_ACCESS_KEY": "hunter2-secret"})
+    assert config.storage.secret_access_key == "hunter2-secret"
+    assert "hunter2" not in repr(config) and "hunter2" not in repr(config.storage)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('storage = "s3"', "storage"),
+    ('[storage]\ndriver = "ftp"\n', "storage.driver"),
+    ('[storage]\ncolour = 1\n', "storage.colour"),
+    ('[storage]\ndriver = "s3"\n', "storage.bucket"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\npart_size = 1048576\n', "storage.part_size"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\npart_size = "big"\n', "storage.part_size"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\npath_style = "sometimes"\n', "storage.path_style"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\nprefix = "../../etc"\n', "storage.prefix"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\nprefix = "a b"\n', "storage.prefix"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\ndownload = "carrier-pigeon"\n', "storage.download"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\ndownload = "accel"\n', "accel_redirect"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\npresign_expiry = 99999999\n', "storage.presign_expiry"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\npresign_expiry = 0\n', "storage.presign_expiry"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\nchecksums = "always"\n', "storage.checksums"),
+    ('[storage]\ndriver = "s3"\nbucket = "b"\ntimeout = 0\n', "storage.timeout"),
+    ('[storage]\ndownload = "redirect"\n', "storage.download"),
+    ("[storage]\nbucket = 12\n", "storage.bucket"),
+])
+def test_bad_storage_tables(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(path, environ={})
+
+
+def test_bad_storage_environment():
+    with pytest.raises(ConfigError, match="DOCKYARD_STORAGE"):
+        load_config(environ={"DOCKYARD_STORAGE": "s3"})
+    with pytest.raises(ConfigError, match="storage.part_size"):
+        load_config(environ={"DOCKYARD_STORAGE_PART_SIZE": "tiny"})
+    with pytest.raises(ConfigError, match="storage_nope"):
+        load_config(environ={"DOCKYARD_STORAGE_NOPE": "1"})
