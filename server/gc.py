@@ -114,7 +114,7 @@ class GarbageCollector:
                 break
         return done
 
-    def purge_uploads(self) -> tuple[int, int]:
+    def purge_uploads(self, *, at_start: bool = False) -> tuple[int, int]:
         """Upload sessions idle longer than upload_max_age go with their data; so do monolithic sessions whose
         request is gone (killed mid-body: nobody can continue them), and upload data no session row names (the row
         is always written first, so such data is left by a crash or a cancel). (How many went, bytes freed.)"""
@@ -123,10 +123,12 @@ class GarbageCollector:
                 return 0, 0
             now = self.clock()
             idle_cutoff = now - self.upload_max_age
-            # A monolithic session a few seconds old may not hold its lock yet (it takes it right after its row is
-            # written): even at start-up, since other processes (another node, `dockyard gc`) may be uploading.
+            # A monolithic session a few seconds old may have created its file and not yet locked it. At start-up
+            # no request of this server runs yet, and a file left unlocked by a killed request must not outlive the
+            # start; another process's request would have to be within microseconds of its start to be caught
+            # there (it would answer 404, never lose an acknowledged blob: a missing file is never judged).
             with self.metadata.lifecycle() as step:
-                stale = step.stale_uploads(idle_cutoff, now - MONOLITHIC_MIN_AGE)
+                stale = step.stale_uploads(idle_cutoff, now if at_start else now - MONOLITHIC_MIN_AGE)
             doomed = [session for session in stale if session.updated_at < idle_cutoff or self._abandoned(session, now)]
             freed = 0
             if doomed:
@@ -169,7 +171,7 @@ class GarbageCollector:
         no session records, and when that found any (there was a crash), the blobs those sessions had stored but
         not yet recorded. Cheap when there was no crash: it lists pending deletes and upload sessions, not blobs."""
         finished = self.finish_deletes()
-        removed, _ = self.purge_uploads()
+        removed, _ = self.purge_uploads(at_start=True)
         orphans_removed = self._remove_orphans(cutoff=float("-inf"))[0] if removed else 0
         return {"deletes_finished": finished, "uploads_removed": removed, "orphans_removed": orphans_removed}
 

@@ -160,11 +160,14 @@ class FilesystemStore(BlobStore):
                     self._held.pop(session_id, None)
 
     def upload_in_progress(self, session_id: str) -> bool | None:
-        """Every request on a session holds its file's lock: whether the lock is taken is whether one is running."""
+        """Every request on a session holds its file's lock: whether the lock is taken is whether one is running.
+        No file: None, cannot tell. A monolithic request's file does not exist yet right after its row is written,
+        nor any more once its commit moved it to blobs/ (the blob row comes next, and may wait for the database):
+        purging the row then would let the orphan sweep take a blob about to be acknowledged."""
         try:
             fh = open(self._upload_path(session_id), "rb", buffering=0)
         except FileNotFoundError:
-            return False
+            return None
         with fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -326,3 +326,21 @@ def test_regression_issue_12_finding_1_a_blob_uploaded_again_survives_gc(client)
     assert digest_of(layer) not in report["blobs"]
     put_manifest(client, "repo", "v1", image)
     assert digest_of(layer) in pull_all(client, "repo", "v1")
+
+
+def test_a_monolithic_upload_between_its_commit_and_its_blob_row_is_never_purged(config):
+    """A monolithic POST commits its file into blobs/ and then writes the blob row, which may wait for the database.
+    Meanwhile its session row names no upload file: purging (periodic, and at the next start) must not judge it
+    abandoned, or the orphan sweep takes the object that the request is about to acknowledge with 201."""
+    now = [1_700_000_000.0]
+    store, metadata = FilesystemStore(config.data_path), open_metadata(config, clock=lambda: now[0])
+    client = webtest.TestApp(create_app(config, store=store, metadata=metadata, clock=lambda: now[0]))
+    session_id = "feedface-0000-4000-8000-000000000000"
+    metadata.create_upload("repo", session_id, monolithic=True)
+    stored = store.commit(session_id, *_uploaded(store, b"committed, not recorded yet"))
+    now[0] += 3600 - 1  # long past any "young session" allowance, short of the hour a driver that cannot tell waits
+    assert gc(client)["uploads_purged"] == 0
+    webtest.TestApp(create_app(config, clock=lambda: now[0]))  # a restart reconciles leftovers
+    assert store.stat(stored.key) == len(b"committed, not recorded yet")
+    metadata.record_blob("repo", stored, session_id=session_id)
+    assert client.get(f"/v2/repo/blobs/{stored.digest}").body == b"committed, not recorded yet"
