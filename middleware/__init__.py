@@ -25,7 +25,7 @@ import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from dockyard.server.config import Config, ConfigError
 from dockyard.server.proxies import TrustedProxies
@@ -53,19 +53,34 @@ def stage_of(name: str) -> str:
     return BUILTINS[name][1] if name in BUILTINS else "custom"
 
 
+class SharedState(Protocol):
+    """State kept where every node of a cluster sees it (the database they share), offered by the app."""
+
+    def take_token(self, key: str, rate: float, burst: float) -> tuple[bool, float]: ...
+
+    def peek_tokens(self, key: str, rate: float, burst: float) -> float: ...
+
+    def secret(self, name: str, create: Callable[[], str]) -> str: ...
+
+
 @dataclass(frozen=True)
 class MiddlewareContext:
     """What a middleware may need from the app it joins, handed to `from_config(options, context)`."""
     config: Config
     clock: Callable[[], float] | None = None  # tests pass a fake clock; None means time.time
-    _shared: dict = field(default_factory=dict, repr=False, compare=False)
+    # State shared by every node, when the metadata is on a database several hosts share; None for one host.
+    shared: SharedState | None = None
+    _made: dict = field(default_factory=dict, repr=False, compare=False)
 
     def buckets(self):
-        """The token-bucket store every middleware of this app shares (`buckets.BucketStore`)."""
-        if "buckets" not in self._shared:
-            from .buckets import BucketStore
-            self._shared["buckets"] = BucketStore(self.data_path / "ratelimit.db", clock=self.now)
-        return self._shared["buckets"]
+        """The token-bucket store every middleware of this app shares: on the shared database when there is one
+        (`buckets.SharedBucketStore`: every node draws from one bucket per key), else a file in the data directory
+        that the workers of this host share (`buckets.BucketStore`)."""
+        if "buckets" not in self._made:
+            from .buckets import BucketStore, SharedBucketStore
+            self._made["buckets"] = (SharedBucketStore(self.shared) if self.shared is not None else
+                                     BucketStore(self.data_path / "ratelimit.db", clock=self.now))
+        return self._made["buckets"]
 
     @property
     def data_path(self) -> Path:

@@ -39,7 +39,8 @@ from .buckets import Limit
 from .logins import DEFAULT_PER_ACCOUNT, DEFAULT_PER_ADDRESS, LoginGuard, LoginThrottle
 from .access import ACTIONS, DELETE, PULL, PUSH, Access, required_access
 from .htpasswd import Htpasswd
-from .tokens import TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, load_or_create_key, parse_scopes
+from .tokens import (TokenIssuer, TokenVerifier, TrustedIssuer, granted_actions, load_or_create_key, parse_scopes,
+                     shared_key)
 
 
 TOKEN_PATH = "/auth/token"
@@ -186,8 +187,7 @@ class AuthMiddleware:
             raise options.error("htpasswd", "is required unless token authentication is configured")
         if options.get("issue_tokens", bool, True) and token is None:
             # htpasswd mode: the token endpoint for the web UI; the key is made when the first token is.
-            key_path = context.data_path / "auth" / "token-key.pem"
-            issuer = TokenIssuer(lambda: load_or_create_key(key_path, "ES256"), algorithm="ES256",
+            issuer = TokenIssuer(lambda: cls._own_key(context, "", "ES256"), algorithm="ES256",
                                  issuer="dockyard", service="dockyard", expires_in=300, clock=context.now)
             verifier = TokenVerifier(issuer, [], clock=context.now)
         guard = LoginGuard(context.buckets(), **cls._failed_logins(options))
@@ -218,6 +218,17 @@ class AuthMiddleware:
         return parts
 
     @staticmethod
+    def _own_key(context: MiddlewareContext, key_path: str, algorithm: str):
+        """The key Dockyard signs its tokens with: the `key` file when one is given; else one made on first use and
+        kept where every process that must verify the tokens finds it: the shared database when there is one
+        (several nodes), the data directory otherwise."""
+        if key_path:
+            return load_or_create_key(Path(key_path), algorithm)
+        if context.shared is not None:
+            return shared_key(context.shared.secret, algorithm)
+        return load_or_create_key(context.data_path / "auth" / "token-key.pem", algorithm)
+
+    @staticmethod
     def _token_config(options: Options, context: MiddlewareContext):
         algorithm = options.get("algorithm", str, "ES256")
         if algorithm not in ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512"):
@@ -233,8 +244,7 @@ class AuthMiddleware:
             raise options.error("path", "must be an absolute path outside /v2/")
         issue = options.get("issue", bool, True)
         try:
-            key = load_or_create_key(Path(key_path) if key_path else context.data_path / "auth" / "token-key.pem",
-                                     algorithm) if issue else None
+            key = AuthMiddleware._own_key(context, key_path, algorithm) if issue else None
         except (OSError, ValueError, TypeError) as exc:
             raise options.error("key", f"cannot load the private key: {exc}") from None
         own = TokenIssuer(key, algorithm=algorithm, issuer=issuer_name, service=service, expires_in=expires_in,

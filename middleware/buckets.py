@@ -1,8 +1,10 @@
-"""Token buckets shared by every worker of a host: the rate limiter's and the failed-login policy's.
+"""Token buckets shared by every worker of a host, or every node of a cluster: the rate limiter's and the failed-login
+policy's.
 
-The buckets live in a small SQLite database in the data directory (WAL, `synchronous=OFF`: a lost bucket after a
-power cut only forgives a few requests), one short `BEGIN IMMEDIATE` transaction per take, so the workers of a host
-draw from one bucket per key instead of allowing N times the rate.
+On one host the buckets live in a small SQLite database in the data directory (WAL, `synchronous=OFF`: a lost
+bucket after a power cut only forgives a few requests), one short `BEGIN IMMEDIATE` transaction per take, so the
+workers of a host draw from one bucket per key instead of allowing N times the rate. With the metadata on
+PostgreSQL they live there (`SharedBucketStore`), so the nodes of a cluster draw from one bucket per key too.
 """
 
 from __future__ import annotations
@@ -80,19 +82,38 @@ class BucketStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        if allowed:
-            return 0.0
-        return (1 - tokens) / limit.rate if limit.rate > 0 else float(RETRY_AFTER_MAX)
+        return 0.0 if allowed else wait_for(tokens, limit)
 
     def empty(self, key: str, limit: Limit) -> float:
         """Like `take` without taking: 0 when a token is there, else the seconds until one will be."""
         with self._lock:
             row = self._connection().execute("SELECT tokens, updated FROM buckets WHERE key = ?",
                                              (key,)).fetchone()
-        tokens = self._level(row, limit, self._clock())
-        if tokens >= 1:
-            return 0.0
-        return (1 - tokens) / limit.rate if limit.rate > 0 else float(RETRY_AFTER_MAX)
+        return wait_for(self._level(row, limit, self._clock()), limit)
+
+
+class SharedBucketStore:
+    """Token buckets on the database every node shares (the app's `SharedState`): one statement per take, under
+    the bucket's row lock, so N nodes allow exactly the configured rate, not N times it. Same interface as
+    `BucketStore`. The refill uses each node's clock: keep nodes in time (NTP); a node whose clock is behind
+    cannot refill a bucket twice (the stored time never goes backwards)."""
+
+    def __init__(self, shared):
+        self.shared = shared
+
+    def take(self, key: str, limit: Limit) -> float:
+        allowed, tokens = self.shared.take_token(key, limit.rate, limit.burst)
+        return 0.0 if allowed else wait_for(tokens, limit)
+
+    def empty(self, key: str, limit: Limit) -> float:
+        return wait_for(self.shared.peek_tokens(key, limit.rate, limit.burst), limit)
+
+
+def wait_for(tokens: float, limit: Limit) -> float:
+    """0 when a bucket holding `tokens` has one to give, else the seconds until it will."""
+    if tokens >= 1:
+        return 0.0
+    return (1 - tokens) / limit.rate if limit.rate > 0 else float(RETRY_AFTER_MAX)
 
 
 

@@ -52,17 +52,29 @@ def parse_scopes(values: list[str]) -> list[Scope]:
     return scopes
 
 
+def new_key_pem(algorithm: str) -> bytes:
+    """A new private key for `algorithm`, PEM (PKCS#8)."""
+    key = rsa.generate_private_key(65537, 2048) if algorithm.startswith(("RS", "PS")) else \
+        ec.generate_private_key({"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(),
+                                 "ES512": ec.SECP521R1()}[algorithm])
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def shared_key(secret: Callable[[str, Callable[[], str]], str], algorithm: str):
+    """The private key every node uses, kept by the database all nodes share (`secret(name, create)` stores
+    `create()` under `name` unless a node did first, and returns what is stored)."""
+    pem = secret(f"token-key-{algorithm}", lambda: new_key_pem(algorithm).decode())
+    return serialization.load_pem_private_key(pem.encode(), password=None)
+
+
 def load_or_create_key(path: Path, algorithm: str):
     """The private key at `path`; created if missing, atomically, so concurrent starters agree on one key."""
     try:
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
         pass
-    key = rsa.generate_private_key(65537, 2048) if algorithm.startswith(("RS", "PS")) else \
-        ec.generate_private_key({"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(),
-                                 "ES512": ec.SECP521R1()}[algorithm])
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = new_key_pem(algorithm)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".token-key.", dir=path.parent)
     try:

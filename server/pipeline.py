@@ -95,7 +95,8 @@ class RequestPath:
 def build_request_path(config: Config, registry: Registry | None, *, clock=None) -> RequestPath:
     """Every component of the request path, in STAGES order. `registry` may be None to check a configuration
     without opening the data directory (the read-only stage is then left out)."""
-    configured = build_chain(config.middleware, MiddlewareContext(config, clock=clock))
+    shared = registry.shared_state() if registry is not None else None
+    configured = build_chain(config.middleware, MiddlewareContext(config, clock=clock, shared=shared))
     placed: dict[str, list[tuple[str, object]]] = {stage: [] for stage in STAGES}
     for entry, component in configured:
         parts = component.parts() if hasattr(component, "parts") else {stage_of(entry["name"]): component}

@@ -243,6 +243,11 @@ class Registry:
             self._read_only_checked = (now, value)
         return value
 
+    def shared_state(self) -> "SharedState | None":
+        """What the middleware keeps where every node sees it: on the metadata's database when several hosts share
+        it (PostgreSQL); None for a database of one host (the middleware then keeps it in the data directory)."""
+        return SharedState(self._metadata, self.clock) if self._metadata.shared_by_hosts else None
+
     def set_read_only(self, enabled: bool) -> None:
         self._metadata.set_state("read_only", "1" if enabled else None)
         self._read_only_checked = (-1.0, False)
@@ -407,3 +412,21 @@ class Registry:
     def close(self) -> None:
         self._metadata.close()
         self._store.close()
+
+
+class SharedState:
+    """The middleware's cross-node state on the shared database: token buckets and secrets (the token signing key)."""
+
+    def __init__(self, metadata: Metadata, clock: Callable[[], float]):
+        self._metadata, self._clock = metadata, clock
+
+    def take_token(self, key: str, rate: float, burst: float) -> tuple[bool, float]:
+        return self._metadata.take_token(key, rate, burst, self._clock())
+
+    def peek_tokens(self, key: str, rate: float, burst: float) -> float:
+        return self._metadata.peek_tokens(key, rate, burst, self._clock())
+
+    def secret(self, name: str, create: Callable[[], str]) -> str:
+        key = f"secret:{name}"
+        stored = self._metadata.get_state(key)
+        return stored if stored is not None else self._metadata.first_state(key, create())

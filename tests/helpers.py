@@ -40,3 +40,15 @@ def put_manifest(client, name: str, reference: str, data: bytes,
                  media_type: str = OCI_MANIFEST, status: int = 201):
     return client.put(f"/v2/{name}/manifests/{reference}", data, headers={"Content-Type": media_type},
                       status=status)
+
+
+def signing_key(client, data, algorithm: str = "ES256") -> bytes | None:
+    """The PEM key `client`'s app signs its tokens with (None before there is one): in the data directory `data`
+    on one host, on the database every node shares with PostgreSQL metadata (`--metadata=postgresql`)."""
+    path = data / "auth" / "token-key.pem"
+    shared = client.app.registry.shared_state()
+    if shared is None:
+        return path.read_bytes() if path.exists() else None
+    assert not path.exists(), "with shared metadata the key must not be made per node"
+    stored = client.app.registry._metadata.get_state(f"secret:token-key-{algorithm}")
+    return None if stored is None else stored.encode()

@@ -69,6 +69,9 @@ class Lifecycle(ABC):
 
 class Metadata(ABC):
     driver: str = ""
+    # True for a database several hosts share (PostgreSQL): the state the middleware must share across nodes (rate
+    # buckets, the token signing key) then lives there too; a local database leaves it in the data directory.
+    shared_by_hosts: bool = False
 
     # -- lifetime ------------------------------------------------------------------------------------------------
 
@@ -251,6 +254,21 @@ class Metadata(ABC):
 
     @abstractmethod
     def set_state(self, key: str, value: str | None) -> None: ...
+
+    @abstractmethod
+    def first_state(self, key: str, value: str) -> str:
+        """Set `key` to `value` unless it is set; the value stored either way, so that processes racing to set it
+        (nodes starting at once, each with a new signing key) all end up with the same one."""
+
+    def take_token(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
+        """A token bucket every host shares: refill `key` by the time since its last take (`rate` a second, up to
+        `burst`; a new bucket is full), take one token if there is one, in one statement under the row's lock.
+        (Whether a token was taken, the tokens left.) Only drivers `shared_by_hosts` keep buckets."""
+        raise NotImplementedError(f"the {self.driver} driver keeps no shared buckets")
+
+    def peek_tokens(self, key: str, rate: float, burst: float, now: float) -> float:
+        """The tokens `take_token` would find in `key` now, taking none."""
+        raise NotImplementedError(f"the {self.driver} driver keeps no shared buckets")
 
     @abstractmethod
     def events_after(self, after: int, limit: int = 100) -> list[tuple[int, NewEvent, float]]:

@@ -78,6 +78,18 @@ QUOTA_CLASS = 0x71756F74  # "quot"
 MIGRATE_KEY = 2
 OPTIONS = {"pool_max_size": 10, "pool_min_size": 1, "pool_timeout": 10.0, "statement_timeout": 30000}
 
+# One statement, under the bucket row's lock: refill by the time elapsed (never backwards: nodes' clocks differ a
+# little), take a token when there is one. A new bucket starts full. `allowed` records whether this take got one.
+_LEVEL = "LEAST(%(burst)s, b.tokens + GREATEST(0, %(now)s - b.updated) * %(rate)s)"
+TAKE_TOKEN = f"""
+INSERT INTO rate_buckets AS b (key, tokens, updated, allowed)
+VALUES (%(key)s, GREATEST(%(burst)s - 1, 0), %(now)s, %(burst)s >= 1)
+ON CONFLICT (key) DO UPDATE SET
+    tokens = {_LEVEL} - CASE WHEN {_LEVEL} >= 1 THEN 1 ELSE 0 END,
+    allowed = {_LEVEL} >= 1,
+    updated = GREATEST(b.updated, %(now)s)
+RETURNING allowed, tokens
+"""
 BEGIN_GC_SHARED = f"BEGIN; SELECT pg_advisory_xact_lock_shared({DOCKYARD}, {GC_KEY})"
 BEGIN_GC_EXCLUSIVE = f"BEGIN; SELECT pg_advisory_xact_lock({DOCKYARD}, {GC_KEY})"
 
@@ -197,6 +209,7 @@ def split_url(url: str) -> tuple[str, dict[str, Any]]:
 
 class PostgresMetadata(Metadata):
     driver = "postgresql"
+    shared_by_hosts = True
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, check_schema: bool = True,
                  migrations: Sequence[Migration] = MIGRATIONS, minimum: int = MINIMUM):
@@ -210,6 +223,8 @@ class PostgresMetadata(Metadata):
         self._pool: ConnectionPool | None = None
         self._pool_lock = threading.Lock()
         self._pid = os.getpid()
+        self._warned_no_buckets = False
+        self._takes = 0
         _INSTANCES.add(self)
         if check_schema:
             self.check_schema()
@@ -937,6 +952,48 @@ class PostgresMetadata(Metadata):
                 cur.execute("INSERT INTO state (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET "
                             "value = excluded.value", (key, value))
         self._read(body)
+
+    def first_state(self, key: str, value: str) -> str:
+        def body(cur):
+            cur.execute("INSERT INTO state (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value))
+            cur.execute("SELECT value FROM state WHERE key = %s", (key,))
+            return cur.fetchone()[0]
+        return self._run(body, write="BEGIN")
+
+    def take_token(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
+        self._takes += 1
+        forget = self._takes % 10000 == 0  # buckets idle for a day are full again: forget them now and then
+
+        def body(cur):
+            cur.execute(TAKE_TOKEN, {"key": key, "rate": rate, "burst": burst, "now": now})
+            allowed, tokens = cur.fetchone()
+            if forget:
+                cur.execute("DELETE FROM rate_buckets WHERE updated < %s", (now - 86400,))
+            return allowed, tokens
+        try:
+            return self._run(body)
+        except psycopg.errors.UndefinedTable:
+            return self._no_buckets_yet()
+
+    def peek_tokens(self, key: str, rate: float, burst: float, now: float) -> float:
+        def body(cur):
+            cur.execute("SELECT LEAST(%(burst)s, tokens + GREATEST(0, %(now)s - updated) * %(rate)s) "
+                        "FROM rate_buckets WHERE key = %(key)s", {"key": key, "rate": rate, "burst": burst, "now": now})
+            row = cur.fetchone()
+            return burst if row is None else row[0]
+        try:
+            return self._read(body)
+        except psycopg.errors.UndefinedTable:
+            return self._no_buckets_yet()[1]
+
+    def _no_buckets_yet(self) -> tuple[bool, float]:
+        """A node of this release on a database still at the previous schema (a rolling upgrade before `dockyard
+        migrate`): rate limits are not enforced until the table exists, rather than failing every request."""
+        if not self._warned_no_buckets:
+            self._warned_no_buckets = True
+            log.warning("the rate_buckets table is missing (schema older than this release): rate limits are off "
+                        "until `dockyard migrate` runs")
+        return True, float("inf")
 
     def events_after(self, after: int, limit: int = 100) -> list[tuple[int, NewEvent, float]]:
         def body(cur):

@@ -160,6 +160,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TRIGGER manifests_removed AFTER DELETE ON manifests REFERENCING OLD TABLE AS changed
             FOR EACH STATEMENT EXECUTE FUNCTION dockyard_manifests_changed();
     """),
+    Migration(2, "0002_rate_buckets", r"""
+        -- The rate limiter's and the failed-login throttle's token buckets, shared by every node. UNLOGGED: no WAL
+        -- for a write per request; after a crash of PostgreSQL the table is empty, which forgives a few requests.
+        CREATE UNLOGGED TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL,
+            allowed BOOLEAN NOT NULL
+        );
+    """),
 )
 
 CURRENT = MIGRATIONS[-1].version

@@ -664,6 +664,11 @@ class SqliteMetadata(Metadata):
                 conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = "
                              "excluded.value", (key, value))
 
+    def first_state(self, key: str, value: str) -> str:
+        with self._write() as conn:
+            conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, value))
+            return conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()[0]
+
     def events_after(self, after: int, limit: int = 100) -> list[tuple[int, NewEvent, float]]:
         with self._read() as conn:
             rows = conn.execute("SELECT id, repository, action, payload, created_at FROM events WHERE id > ? "

@@ -341,5 +341,37 @@ def test_state_switches(metadata):
     assert metadata.get_state("read_only") is None
 
 
+def test_the_first_state_set_wins_every_race(metadata):
+    """Nodes starting at once each make a signing key: every one of them must end up using the same."""
+    results = []
+    threads = [threading.Thread(target=lambda n=n: results.append(metadata.first_state("secret:race", f"key-{n}")))
+               for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1 and results[0].startswith("key-")
+    assert metadata.first_state("secret:race", "another") == results[0] == metadata.get_state("secret:race")
+
+
+def test_shared_token_buckets(metadata):
+    """Drivers several hosts share keep the rate limiter's buckets: exact under concurrency, refilled by time."""
+    if not metadata.shared_by_hosts:
+        with pytest.raises(NotImplementedError):
+            metadata.take_token("k", 1.0, 5.0, 1000.0)
+        return
+    taken = []
+    threads = [threading.Thread(target=lambda: taken.append(metadata.take_token("client", 1.0, 5.0, 1000.0)[0]))
+               for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert taken.count(True) == 5 and metadata.peek_tokens("client", 1.0, 5.0, 1000.0) < 1
+    assert metadata.take_token("client", 1.0, 5.0, 1002.5) == (True, pytest.approx(1.5))  # 2.5 s refilled 2.5
+    assert metadata.take_token("client", 1.0, 5.0, 1001.0)[1] == pytest.approx(0.5)  # a clock behind adds nothing
+    assert metadata.peek_tokens("other", 1.0, 5.0, 1000.0) == 5.0  # an unknown key is a full bucket
+
+
 def test_ping(metadata):
     metadata.ping()

@@ -16,6 +16,7 @@ from authcases import PASSWORDS, auth_options, basic, make_config, plain_client,
 from dockyard.middleware import htpasswd as htpasswd_module
 from dockyard.middleware.htpasswd import Htpasswd, hash_password, read_users, write_users
 from dockyard.server.app import create_app
+from helpers import signing_key
 from dockyard.server.config import ConfigError
 
 
@@ -191,7 +192,7 @@ def test_tampered_expired_and_foreign_tokens_are_refused(tmp_path):
     forged = ".".join([head, jwt.utils.base64url_encode(json.dumps(forged_claims).encode()).decode(), signature])
     r = app.get("/v2/secret/vault/tags/list", headers={"Authorization": f"Bearer {forged}"}, status=401)
     assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
-    key = serialization.load_pem_private_key((tmp_path / "data" / "auth" / "token-key.pem").read_bytes(), None)
+    key = serialization.load_pem_private_key(signing_key(app, tmp_path / "data"), None)
     now = int(time.time())
     expired = jwt.encode({"iss": "dockyard-test", "aud": "dockyard-test", "sub": "admin", "exp": now - 600,
                           "access": [{"type": "repository", "name": "team/app", "actions": ["pull"]}]},
@@ -204,10 +205,9 @@ def test_tampered_expired_and_foreign_tokens_are_refused(tmp_path):
 
 
 def test_one_key_for_every_start(tmp_path):
-    auth_app(tmp_path, token=True)
-    key = (tmp_path / "data" / "auth" / "token-key.pem").read_bytes()
+    key = signing_key(auth_app(tmp_path, token=True), tmp_path / "data")
     app = auth_app(tmp_path, token=True)
-    assert (tmp_path / "data" / "auth" / "token-key.pem").read_bytes() == key
+    assert signing_key(app, tmp_path / "data") == key
     token = token_for(app, "alice").json["token"]
     jwt.decode(token, serialization.load_pem_private_key(key, None).public_key(), algorithms=["ES256"],
                audience="dockyard-test")

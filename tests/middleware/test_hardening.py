@@ -27,6 +27,7 @@ from authcases import PASSWORDS, auth_options, basic, digest_of, make_config, pl
 from dockyard.middleware.auth import AccessRules, Rule
 from dockyard.middleware.htpasswd import Htpasswd
 from dockyard.server.app import create_app
+from helpers import signing_key
 from dockyard.server.config import Config
 
 # -- 1. one path for every decision --------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_bearer_tokens_whose_claims_have_unexpected_types_are_401(token_app, cla
 
 
 def test_an_own_token_with_a_non_numeric_expiry_is_401(tmp_path, token_app):
-    key = (tmp_path / "data" / "auth" / "token-key.pem").read_bytes()
+    key = signing_key(token_app, tmp_path / "data")
     token = jwt.encode({"iss": "dockyard-test", "aud": "dockyard-test", "exp": "tomorrow", "sub": "alice"}, key,
                        algorithm="ES256")
     token_app.get("/v2/team/app/tags/list", headers={"Authorization": f"Bearer {token}"}, status=401)
@@ -149,7 +150,7 @@ def test_an_own_token_with_a_non_numeric_expiry_is_401(tmp_path, token_app):
 @pytest.mark.parametrize("access", [1, "all", {"type": "repository"}, [{"type": 1, "name": "team/app"}],
                                     [{"type": "repository", "name": "team/app", "actions": "pull"}]])
 def test_an_own_token_whose_access_claim_has_another_shape_grants_nothing(tmp_path, token_app, access):
-    key = (tmp_path / "data" / "auth" / "token-key.pem").read_bytes()
+    key = signing_key(token_app, tmp_path / "data")
     token = jwt.encode({"iss": "dockyard-test", "aud": "dockyard-test", "exp": 4_000_000_000, "sub": "alice",
                         "access": access}, key, algorithm="ES256")
     resp = token_app.get("/v2/team/app/tags/list", headers={"Authorization": f"Bearer {token}"}, status=401)

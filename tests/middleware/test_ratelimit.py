@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import webtest
 
@@ -67,6 +69,27 @@ def test_bucket_store_refills_by_elapsed_time_and_is_shared(tmp_path):
     assert one.take("k", limit) == pytest.approx(2.0) and other.empty("k", limit) == pytest.approx(2.0)
     clock.now += 2.0
     assert other.take("k", limit) == 0.0 and one.take("other key", limit) == 0.0
+
+
+def test_nodes_on_one_postgresql_database_draw_from_one_bucket(tmp_path, postgresql_url):
+    """A cluster: three nodes, each with its own data directory, on one database. The limit is the limit of one
+    node, not three times it, and the signing key of tokens is one for all (a token from one node works on all)."""
+    clock = Clock()
+    chain = ({"name": "ratelimit", "options": {"limits": {"other": {"rate": 1, "burst": 6}}}},
+             {"name": "auth", "options": {**auth_options(tmp_path), "token": {"service": "dockyard-test"}}})
+    nodes = []
+    for n in range(3):
+        config = make_config(tmp_path / f"node{n}", *chain)
+        nodes.append(webtest.TestApp(create_app(dataclasses.replace(config, database=postgresql_url), clock=clock)))
+    statuses = [nodes[i % 3].get("/v2/", headers=basic("alice", PASSWORDS["alice"]), status="*").status_int
+                for i in range(9)]
+    assert statuses == [200] * 6 + [429] * 3
+    assert not any((tmp_path / f"node{n}" / "data" / "ratelimit.db").exists() for n in range(3))
+    clock.now += 3  # three tokens back, for the whole cluster
+    token = nodes[0].get("/auth/token?service=dockyard-test&scope=repository:team/app:pull",
+                         headers=basic("alice", PASSWORDS["alice"])).json["token"]
+    assert [node.get("/v2/", headers={"Authorization": f"Bearer {token}"}, status="*").status_int
+            for node in nodes + nodes[:1]] == [200, 200, 200, 429]
 
 
 @pytest.mark.parametrize("options, message", [

@@ -10,6 +10,7 @@ import webtest
 from authcases import PASSWORDS, auth_options, basic, make_config, plain_client, seed
 from dockyard.middleware.htpasswd import add_user
 from dockyard.server.app import create_app
+from helpers import signing_key
 
 
 class Clock:
@@ -62,9 +63,9 @@ def seeded(tmp_path):
 def test_htpasswd_mode_serves_the_token_endpoint_and_accepts_its_tokens(seeded):
     app = app_for(seeded)
     assert app.get("/v2/", status=401).headers["WWW-Authenticate"] == 'Basic realm="Dockyard"'  # clients: Basic
-    assert not (seeded / "data" / "auth" / "token-key.pem").exists()  # no key before the first token
+    assert signing_key(app, seeded / "data") is None  # no key before the first token
     body = sign_in(app, "alice", "repository:team/app:pull,delete").json
-    assert (seeded / "data" / "auth" / "token-key.pem").exists()
+    assert signing_key(app, seeded / "data") is not None
     assert access_of(body["token"]) == [{"type": "repository", "name": "team/app", "actions": ["pull", "delete"]}]
     assert app.get("/v2/team/app/tags/list", headers=bearer(body["token"])).json["tags"] == ["v1"]
     # The token grants only its scope, in htpasswd mode as in token mode; the error names the scope to ask for.
