@@ -19,6 +19,7 @@ from .proxies import TrustedProxies
 
 ENV_PREFIX = "DOCKYARD_"
 UI_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*/)+")
+NODE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class ConfigError(ValueError):
@@ -119,6 +120,10 @@ class Config:
                              "Location and Link header. Empty: derived from each request.")
     trusted_proxies: str = _setting("", "Comma-separated addresses or CIDR networks of reverse proxies (or `*`) whose "
                                     "X-Forwarded-Proto/-Host/-For are believed; also gunicorn's forwarded_allow_ips.")
+    node: str = _setting("", "This node's name in a cluster (letters, digits, - and _; at most 32): upload "
+                         "`Location`s carry it as `?node=NAME` so the nginx cluster site sends a session's next "
+                         "requests to the node that holds it (deploy/nginx/dockyard-cluster.conf). Any node can "
+                         "continue any session; empty: no hint.")
     log_level: str = _setting("info", "gunicorn log level.",
                               choices=("debug", "info", "warning", "error", "critical"))
     config: str = _setting("", "Path of the TOML config file that was loaded (set by --config or "
@@ -150,6 +155,8 @@ class Config:
             TrustedProxies.parse(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"setting 'trusted_proxies': {exc}") from None
+        if self.node and not NODE_RE.fullmatch(self.node):
+            raise ConfigError(f"setting 'node': letters, digits, '-' and '_', at most 32, got {self.node[:100]!r}")
         if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             # Never echo the value: a URL may hold a password.
             raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")

@@ -9,8 +9,11 @@ from ..observability import note_blob_upload
 from .base import Resource, request_body, set_location
 
 
-def session_headers(resp: falcon.Response, name: str, session: UploadSession) -> None:
-    set_location(resp, f"/v2/{name}/blobs/uploads/{session.id}")
+def session_headers(resp: falcon.Response, name: str, session: UploadSession, node: str = "") -> None:
+    # `node` (the `node` setting) is a routing hint for the cluster's nginx: this node answered last, so it is the
+    # one most likely to hold the session's state in memory. Clients send the Location back as they got it (adding
+    # their own query parameters such as digest): any node continues any session, the hint only saves work.
+    set_location(resp, f"/v2/{name}/blobs/uploads/{session.id}" + (f"?node={node}" if node else ""))
     resp.set_header("Docker-Upload-UUID", session.id)
     # Range is inclusive; an empty session reports 0-0, as the reference registry and its clients expect.
     resp.set_header("Range", f"0-{max(session.length - 1, 0)}")
@@ -24,7 +27,13 @@ def created_headers(resp: falcon.Response, name: str, digest: str) -> None:
     resp.content_length = 0
 
 
-class UploadsResource(Resource):
+class SessionResource(Resource):
+    @property
+    def node(self) -> str:
+        return self.registry.config.node
+
+
+class UploadsResource(SessionResource):
     """POST: open a session (202), upload monolithically (?digest=, 201) or mount (?mount=&from=, 201)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
@@ -42,20 +51,20 @@ class UploadsResource(Resource):
             created_headers(resp, name, blob.digest)
             return
         resp.status = falcon.HTTP_202
-        session_headers(resp, name, self.registry.start_upload(name, req.context.get("user")))
+        session_headers(resp, name, self.registry.start_upload(name, req.context.get("user")), self.node)
 
 
-class UploadResource(Resource):
+class UploadResource(SessionResource):
     """One upload session: its status, its chunks, its close and its cancellation."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         resp.status = falcon.HTTP_204
-        session_headers(resp, name, self.registry.upload_status(name, upload_id))
+        session_headers(resp, name, self.registry.upload_status(name, upload_id), self.node)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         session = self.registry.append_upload(name, upload_id, request_body(req))
         resp.status = falcon.HTTP_202
-        session_headers(resp, name, session)
+        session_headers(resp, name, session, self.node)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
         blob = self.registry.finish_upload(name, upload_id, req.get_param("digest"), request_body(req))

@@ -34,6 +34,9 @@ def test_config_path_from_environment(tmp_path):
     ("bind = 5000", "bind"),
     ("sendfile = 3", "sendfile"),
     ('log_level = "chatty"', "log_level"),
+    ('node = "a/b"', "node"),
+    ('node = "%s"' % ("n" * 33), "node"),
+    ('node = "x&digest=sha256:0"', "node"),
     ("not toml at all [", "not valid TOML"),
 ])
 def test_bad_file_names_the_setting(tmp_path, text, setting):

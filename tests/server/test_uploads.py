@@ -191,3 +191,26 @@ def test_same_blob_uploaded_twice_is_stored_once(client, config):
         client.put(f"{location}?digest={DIGEST}", BLOB, status=201)
     files = [p for p in (config.data_path / "blobs").rglob("*") if p.is_file()]
     assert len(files) == 1 and files[0].read_bytes() == BLOB
+
+
+def test_a_node_name_rides_on_every_session_location_and_clients_send_it_back(tmp_path):
+    """In a cluster the Location names the node that answered (`?node=`), for nginx to route on; a client sends it
+    back with its own parameters (docker adds `digest=` to the query), and a session started on one node continues
+    on another, whose name the next Location then carries."""
+    import dataclasses
+
+    import webtest
+
+    from dockyard.server.app import create_app
+    from dockyard.server.config import Config
+
+    config = Config(data=str(tmp_path / "data"), node="node-1")
+    one = webtest.TestApp(create_app(config))
+    two = webtest.TestApp(create_app(dataclasses.replace(config, node="node_2")))
+    location = one.post("/v2/repo/blobs/uploads/", status=202).headers["Location"]
+    assert urlsplit(location).query == "node=node-1"
+    location = two.patch(location, BLOB[:1000], status=202).headers["Location"]
+    assert urlsplit(location).query == "node=node_2"
+    assert two.get(location, status=204).headers["Range"] == "0-999"
+    one.put(f"{location}&digest={DIGEST}", BLOB[1000:], status=201)
+    assert one.get(f"/v2/repo/blobs/{DIGEST}").body == BLOB
