@@ -912,6 +912,18 @@ class PostgresMetadata(Metadata):
             return {r[0] for r in cur.fetchall()}
         return self._read(body)
 
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        def body(cur):
+            cur.execute("UPDATE blobs SET key = %s WHERE digest = %s AND key = %s", (new_key, digest, old_key))
+            if not cur.rowcount:
+                return False
+            self._notify(cur, EVERYTHING)  # cached blob records carry the key
+            return True
+        rekeyed = self._write(body, gc=True)
+        if rekeyed:
+            self.digests.gone(EVERYTHING)
+        return rekeyed
+
     def forget_blob(self, digest: str) -> None:
         def body(cur):
             cur.execute("DELETE FROM repository_blobs WHERE digest = %s", (digest,))
