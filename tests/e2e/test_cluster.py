@@ -206,8 +206,21 @@ class Node:
         """kill -9 of the node's whole gunicorn process group: master and workers at once."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
-        self.http.close()
+        # Gone once nothing listens: a worker still exiting (its threads torn down) keeps the listening socket
+        # open, and would take a connection only to reset it.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{self.name} still accepts connections 30 s after kill -9"
+            time.sleep(0.02)
+        self.http.close()  # its pooled connections went with the node
         self.http = requests.Session()
+        self.http.auth = (ADMIN, PASSWORD)
 
     def stop(self) -> str | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -295,7 +308,8 @@ class Cluster:
         node.wait_ready()
 
     def stop(self) -> list[str]:
-        complaints = [c for c in (node.stop() for node in self.nodes.values()) if c]
+        """nginx first (its keepalive connections would hold the nodes' graceful shutdown), then the nodes."""
+        complaints = []
         if self.nginx is not None and self.nginx.poll() is None:
             self.nginx.send_signal(signal.SIGQUIT)
             try:
@@ -303,7 +317,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.nginx.pid, signal.SIGKILL)
                 complaints.append("nginx did not stop within 30 s; killed")
-        return complaints
+        return complaints + [c for c in (node.stop() for node in self.nodes.values()) if c]
 
     def logs(self) -> str:
         parts = [f"--- {node.name}\n{node.log_tail(2500)}" for node in self.nodes.values()]
@@ -796,3 +810,258 @@ def test_gc_from_one_node_while_pushes_go_through_the_others_leaves_every_tagged
             assert pull_image(node.http, node.url, repo, tag, store)[0] == digest, (repo, tag, node.name)
     report = fsck(cluster)
     assert report["clean"], report["problems"]
+
+
+# -- nodes dying -------------------------------------------------------------------------------------------------------
+
+def push_while(cluster: Cluster, running: threading.Event, prefix: str) -> tuple[threading.Thread, dict]:
+    """Small images pushed through nginx until `running` is cleared; the tags acknowledged (201) -> digest. A push
+    refused or cut (a node died under it) is simply not acknowledged."""
+    acknowledged: dict[tuple[str, str], str] = {}
+
+    def run():
+        with requests.Session() as http:
+            http.verify, http.auth, http.trust_env = str(cluster.ca), (ADMIN, PASSWORD), False
+            n = 0
+            while running.is_set():
+                n += 1
+                try:
+                    acknowledged[(prefix, f"t{n}")] = push_image(http, cluster.url, prefix, f"t{n}",
+                                                                 [os.urandom(3000), os.urandom(700)])
+                except (AssertionError, requests.RequestException):
+                    time.sleep(0.2)
+    thread = threading.Thread(target=run, name="pusher")
+    thread.start()
+    return thread, acknowledged
+
+
+def check_acknowledged(cluster: Cluster, acknowledged: dict, nodes: list[Node]) -> None:
+    for (repo, tag), digest in acknowledged.items():
+        assert pull_image(cluster.http, cluster.url, repo, tag, cluster.swift.endpoint)[0] == digest, (repo, tag)
+        for node in nodes:
+            assert pull_image(node.http, node.url, repo, tag, cluster.swift.endpoint)[0] == digest, (repo, tag)
+
+
+def session_node(cluster: Cluster, log_offset: int, session: str) -> str:
+    """The node named in the Location nginx passed back for the POST that opened `session`."""
+    for line in cluster.access_log(log_offset):
+        if line.method == "POST" and line.status == 202 and session in line.location:
+            return re.search(r"[?&]node=(\w+)", line.location)[1]
+    raise AssertionError(f"no POST opened session {session} in nginx's log")
+
+
+def test_kill_9_of_a_node_in_the_middle_of_a_push(cluster, docker, docker_trusts_ca, tmp_path):
+    """docker pushes an image with a 160 MiB layer through nginx; when the store shows the layer's first part, the
+    node receiving it is killed with its whole process group. docker's own retry, through nginx, pushes the layer
+    again on a node that is up; every tag acknowledged before and during it stays, `dockyard fsck` finds nothing
+    wrong, and the node starts again on its empty data directory."""
+    before = {(f"e2e/kill-before-{i}", "v1"): push_image(cluster.http, cluster.url, f"e2e/kill-before-{i}", "v1",
+                                                         [os.urandom(4000)]) for i in range(3)}
+    docker("login", "-u", ADMIN, "-p", PASSWORD, cluster.host)
+    name = f"{cluster.host}/e2e/kill-{uuid.uuid4().hex[:8]}:1"
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "big").write_bytes(os.urandom(160 * MIB))  # random: docker's gzip cannot shrink it
+    (context / "small").write_bytes(os.urandom(100 * 1024))
+    (context / "Dockerfile").write_text(f"FROM scratch\nCOPY small /small\nCOPY big /big\n"
+                                        f"LABEL nonce={uuid.uuid4().hex}\n")
+    docker("build", "-q", "-t", name, context, timeout=300)
+    layers = json.loads(docker("image", "inspect", name).out)[0]["RootFS"]["Layers"]
+
+    log_offset, store_offset = cluster.access_log_size(), cluster.swift.log_size()
+    running = threading.Event()
+    running.set()
+    pusher, during = push_while(cluster, running, f"e2e/kill-during-{uuid.uuid4().hex[:6]}")
+    push = subprocess.Popen([docker.client, "push", name], env=docker.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    victim = None
+    try:
+        deadline = time.monotonic() + 240
+        while victim is None:
+            assert push.poll() is None, "the push ended before the layer's first part reached the store: " \
+                                        f"{push.stdout.read().decode(errors='replace')}"
+            assert time.monotonic() < deadline, "no part of the large layer reached the store in time"
+            parts = [r for r in cluster.swift.requests_since(store_offset)
+                     if r.method == "PUT" and r.key.startswith("blobs/") and "partNumber" in r.query]
+            if parts:
+                session = parts[0].key.removeprefix("blobs/")
+                victim = cluster.nodes[session_node(cluster, log_offset, session)]
+                victim.kill()
+            else:
+                time.sleep(0.05)
+        output, _ = push.communicate(timeout=300)
+    finally:
+        if push.poll() is None:
+            push.kill()
+            push.wait()
+        running.clear()
+        pusher.join(timeout=120)
+    output = output.decode(errors="replace")
+    assert push.returncode == 0, output
+    assert re.search(r"digest: sha256:[0-9a-f]{64}", output), output
+    cut = [line for line in cluster.access_log(log_offset) if session in line.uri and line.status >= 500]
+    assert cut and all(line.status == 502 for line in cut), [vars(line) for line in cut]  # the request killed
+    survivors = [node for node in cluster.nodes.values() if node is not victim]
+    # The retried upload went to a node that is up.
+    retried = [line for line in cluster.access_log(log_offset) if line.method == "PUT" and "/blobs/uploads/" in
+               line.uri and line.status == 201]
+    assert all(cluster.node_at(line.upstreams[-1]) != victim.name for line in retried
+               if line.upstreams and session not in line.uri)
+
+    docker("rmi", name)
+    docker("pull", name)
+    assert json.loads(docker("image", "inspect", name).out)[0]["RootFS"]["Layers"] == layers
+    docker("rmi", name)
+    assert len(during) >= 1, "nothing was pushed while the node died"
+    check_acknowledged(cluster, {**before, **during}, survivors)
+    report = fsck(cluster)
+    assert report["clean"], report["problems"]
+
+    cluster.restart(victim)
+    check_acknowledged(cluster, before, [victim])
+
+
+def test_an_upload_session_moved_on_purpose_continues_on_another_node(cluster):
+    """POST and PATCH through nginx land on node A (the PATCH routed by the ?node= of the POST's Location); A is
+    killed; the next PATCH, sent to the same Location, goes to a backup node B, and the PUT completes there: 201.
+    The store's log shows B read back only the leftover of A's PATCH (less than a part), never an earlier part."""
+    repo = f"e2e/moved-{uuid.uuid4().hex[:8]}"
+    first = os.urandom(PART + PART // 2 + 12345)  # one whole part, and a leftover of half a part
+    second = os.urandom(PART + 999)
+    digest = sha256(first + second)
+    log_offset = cluster.access_log_size()
+    r = cluster.http.post(f"{cluster.url}/v2/{repo}/blobs/uploads/", timeout=30)
+    assert r.status_code == 202, r.text
+    location = r.headers["Location"]
+    session = r.headers["Docker-Upload-UUID"]
+    a = cluster.nodes[re.search(r"[?&]node=(\w+)", location)[1]]
+    r = cluster.http.patch(location, data=first, timeout=120, headers={
+        "Content-Type": "application/octet-stream", "Content-Range": f"0-{len(first) - 1}"})
+    assert r.status_code == 202 and r.headers["Range"] == f"0-{len(first) - 1}", r.text
+    location = r.headers["Location"]
+    patched = [line for line in cluster.access_log(log_offset) if line.method == "PATCH" and session in line.uri]
+    assert [cluster.node_at(address) for line in patched for address in line.upstreams] == [a.name]
+    assert re.search(r"[?&]node=(\w+)", location)[1] == a.name
+
+    a.kill()
+    try:
+        store_offset = cluster.swift.log_size()
+        log_offset = cluster.access_log_size()
+        r = cluster.http.patch(location, data=second, timeout=120, headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"})
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        b = cluster.nodes[re.search(r"[?&]node=(\w+)", location)[1]]
+        assert b is not a
+        r = cluster.http.put(with_digest(location, digest), timeout=120)
+        assert r.status_code == 201 and r.headers["Docker-Content-Digest"] == digest, r.text
+        moved = [line for line in cluster.access_log(log_offset) if session in line.uri]
+        assert [(line.method, line.status) for line in moved] == [("PATCH", 202), ("PUT", 201)]
+        # nginx tried A (refused: down), then the backup; the PUT went to the backup B named in the new Location.
+        assert [cluster.node_at(address) for address in moved[0].upstreams] in ([a.name, b.name], [b.name])
+        assert [cluster.node_at(address) for address in moved[1].upstreams] == [b.name]
+        time.sleep(1)  # the store logs a request once it has finished it
+        # What B read of the session: leftovers only (the bytes after the last whole part, written by the request
+        # before), each less than a part. A's leftover is read once, by B's PATCH; B's own may be read once more by
+        # the commit (when the PUT reaches another of B's workers); the part A uploaded is never read back.
+        reads = [req for req in cluster.swift.requests_since(store_offset)
+                 if req.method == "GET" and session in req.key]
+        assert all(req.key.startswith(f"uploads/{session}/") and req.sent < PART for req in reads), reads
+        ends = [int(req.key.rsplit("/", 1)[1].split(".")[0]) for req in reads]
+        assert ends in ([len(first)], [len(first), len(first) + len(second)]), reads
+        assert reads[0].sent == len(first) - PART, reads
+        assert get_blob(cluster.http, cluster.url, repo, digest, cluster.swift.endpoint) == first + second
+    finally:
+        cluster.restart(a)
+    assert get_blob(a.http, a.url, repo, digest, cluster.swift.endpoint) == first + second
+
+
+# -- the database goes away --------------------------------------------------------------------------------------------
+
+def test_postgresql_restarted_while_the_cluster_serves(cluster):
+    """Reads and writes run against nginx and each node directly while PostgreSQL stops (fast shutdown: every
+    connection dropped) and starts again a few seconds later. Every answer in that window is 200/201/202 or 503
+    with Retry-After (never a 500), within a bound (the pool's 5 s wait for a connection, plus slack; never a hang);
+    then every node serves again without being restarted."""
+    nodes = list(cluster.nodes.values())
+    repo = f"e2e/pg-restart-{uuid.uuid4().hex[:8]}"
+    digest = push_image(nodes[0].http, nodes[0].url, repo, "v1", [os.urandom(1000)])
+    pids = {node.name: node.proc.pid for node in nodes}
+    targets = [("nginx", cluster.url, cluster.http)] + [(n.name, n.url, n.http) for n in nodes]
+    answers: list[tuple[str, str, str, int, float, str | None, str]] = []  # target, phase, kind, status, s, ...
+    phase = ["before"]
+    stop = threading.Event()
+    BOUND = 20.0
+
+    def client(name: str, base: str, http: requests.Session):
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for kind, method, path, kwargs in (
+                    ("manifest", "GET", f"/v2/{repo}/manifests/v1", {"headers": {"Accept": OCI_MANIFEST}}),
+                    ("tags", "GET", f"/v2/{repo}/tags/list", {}),
+                    ("upload", "POST", f"/v2/{repo}/blobs/uploads/", {})):
+                current = phase[0]
+                started = time.monotonic()
+                try:
+                    r = http.request(method, base + path, timeout=BOUND * 3, **kwargs)
+                    status, retry, code = r.status_code, r.headers.get("Retry-After"), ""
+                    if status >= 400:
+                        code = (r.json().get("errors") or [{}])[0].get("code", "") if r.headers.get(
+                            "Content-Type", "").startswith("application/json") else r.text[:80]
+                    if status == 202:  # an upload session opened: give it back
+                        http.delete(absolute(base, r.headers["Location"]), timeout=BOUND * 3)
+                except requests.RequestException as exc:
+                    status, retry, code = 0, None, repr(exc)[:120]
+                answers.append((name, current, kind, status, time.monotonic() - started, retry, code))
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=target, name=target[0]) for target in targets]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.5)
+        phase[0] = "down"
+        cluster.pg.stop("fast")
+        down_since = time.monotonic()
+        # Down until every target has answered a few requests with the database away (at least 4 s).
+        while time.monotonic() - down_since < 4 or not all(
+                sum(1 for a in answers if a[0] == name and a[1] == "down") >= 3 for name, _, _ in targets):
+            assert time.monotonic() - down_since < 60, "requests stopped being answered while the database was down"
+            time.sleep(0.2)
+        cluster.pg.start()
+        phase[0] = "after"
+        up_since = time.monotonic()
+
+        def recovered(name: str) -> bool:
+            last = [a for a in answers if a[0] == name and a[1] == "after"][-6:]
+            return len(last) == 6 and all(a[3] in (200, 202) for a in last)
+
+        while not all(recovered(name) for name, _, _ in targets):
+            assert time.monotonic() - up_since < 90, "the cluster did not recover within 90 s: " + repr(
+                [a for a in answers if a[1] == "after"][-12:])
+            time.sleep(0.2)
+        recovery = time.monotonic() - up_since
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=BOUND * 4)
+        if phase[0] == "down":  # failed while it was stopped: later tests need it
+            cluster.pg.start()
+
+    unexpected = [a for a in answers if a[3] not in (200, 202, 503)]
+    assert not unexpected, unexpected[:10]
+    unavailable = [a for a in answers if a[3] == 503]
+    assert all(a[5] and int(a[5]) >= 1 and a[6] == "UNAVAILABLE" for a in unavailable), unavailable[:10]
+    for name, _, _ in targets:  # every node (and nginx) said 503 while the database was down
+        assert any(a[0] == name and a[1] == "down" and a[3] == 503 for a in answers), name
+    slowest = max(a[4] for a in answers)
+    assert slowest < BOUND, f"an answer took {slowest:.1f} s"
+    print(f"PostgreSQL restart: {len(answers)} requests, {len(unavailable)} answered 503 + Retry-After, slowest "
+          f"{slowest:.2f} s; every target answering again {recovery:.1f} s after PostgreSQL started")
+    # No node was restarted, and each one serves reads and writes again.
+    assert {node.name: node.proc.pid for node in nodes} == pids and all(n.proc.poll() is None for n in nodes)
+    for node in nodes:
+        assert pull_image(node.http, node.url, repo, "v1", cluster.swift.endpoint)[0] == digest
+        push_image(node.http, node.url, repo, node.name, [os.urandom(500)])
