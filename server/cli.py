@@ -127,6 +127,39 @@ def _migrate_metadata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_blobs(args: argparse.Namespace) -> int:
+    import json
+
+    from .app import build_registry
+    from .storage import open_store
+
+    config = load_config(args.config, overrides={"data": args.data})
+    source_config = load_config(args.from_config, overrides={"data": args.from_data})
+    if source_config.storage == config.storage and source_config.data_path == config.data_path:
+        print("dockyard migrate-blobs: the source and the target are the same store", file=sys.stderr)
+        return 2
+    registry = build_registry(config, recover=False)
+    source = open_store(source_config)
+
+    def progress(report) -> None:
+        print(f"  {report.copied} copied ({_human(report.bytes_copied)}), {report.skipped} already there",
+              file=sys.stderr)
+
+    try:
+        report = registry.copy_blobs_from(source, progress=progress if args.verbose else None)
+    finally:
+        source.close()
+        registry.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for digest, why in report.failed:
+            print(f"failed: {digest}: {why}")
+        print(f"copied {report.copied} blobs ({_human(report.bytes_copied)}), {report.skipped} already in the "
+              f"target, {len(report.failed)} failed; {report.seconds:.2f}s")
+    return 1 if report.failed else 0
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -277,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--batch", type=int, default=5000, help="rows read and written at a time (default 5000)")
     move.add_argument("--verbose", action="store_true", help="print progress per table")
     move.set_defaults(func=_migrate_metadata)
+    blobs = commands.add_parser("migrate-blobs", help="copy every blob from another blob store (the `--from-config` "
+                                                       "file's [storage]) into this one, and point the metadata at "
+                                                       "the copies; resumable (switch the registry to read-only "
+                                                       "first)")
+    blobs.add_argument("--from-config", required=True, metavar="FILE",
+                       help="a config file whose `[storage]` (and `data`) name the store the blobs are in now")
+    blobs.add_argument("--from-data", help="the source's data directory, for a filesystem source (default: the "
+                                           "--from-config file's `data`)")
+    blobs.add_argument("--config", help="the registry's config file (or DOCKYARD_CONFIG): its `database` and its "
+                                        "`[storage]`, the target")
+    blobs.add_argument("--data", help="data directory (default ./data, as for serve)")
+    blobs.add_argument("--verbose", action="store_true", help="print progress every 100 blobs")
+    blobs.add_argument("--json", action="store_true", help="print the report as JSON")
+    blobs.set_defaults(func=_migrate_blobs)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from .blobcopy import CopyReport, copy_blobs
 from .bodies import Source
 from .cache import BoundedCache
 from .config import Config
@@ -388,6 +389,10 @@ class Registry:
         """Whether the metadata and the blob store agree both ways (see `fsck`); with `repair`, what is safe."""
         return fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
                     grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
+
+    def copy_blobs_from(self, source: BlobStore, progress=None) -> CopyReport:
+        """Copy every blob from `source` (another store) into this registry's store and point its rows there."""
+        return copy_blobs(self._metadata, source, self._store, new_id=self._new_id, progress=progress)
 
     def recover(self) -> dict:
         """After an unclean stop: finish interrupted deletes, drop upload data no session records."""

@@ -234,6 +234,11 @@ class Metadata(ABC):
         same content pushed again is stored afresh. Manifests that use it are left to report."""
 
     @abstractmethod
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        """Point the blob's row at `new_key` (its bytes copied to another store, `dockyard migrate-blobs`) if it
+        still names `old_key`; whether it did."""
+
+    @abstractmethod
     def upload_sessions(self) -> Iterator[UploadSession]:
         """Every upload session (for fsck)."""
 

@@ -55,6 +55,8 @@ from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageU
                      UploadSession, UploadState)
 from ..quotas import Quota
 from . import Lifecycle, Metadata, blob_in_use, redact, too_many_sessions
+from .postgres_cache import (CHANNEL, EVERYTHING, LISTENER_NAME, DigestCache, gone_blob, gone_manifest,
+                             gone_repository)
 from .postgres_schema import CURRENT, MIGRATIONS, MINIMUM, SCHEMA_TABLE, Migration, SchemaError, check_version
 
 try:
@@ -225,6 +227,7 @@ class PostgresMetadata(Metadata):
         self._pid = os.getpid()
         self._warned_no_buckets = False
         self._takes = 0
+        self.digests = DigestCache(self._listener_connection)
         _INSTANCES.add(self)
         if check_schema:
             self.check_schema()
@@ -265,6 +268,18 @@ class PostgresMetadata(Metadata):
                                    **self._connect_kwargs())
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
+
+    def _listener_connection(self):
+        """The digest cache's LISTEN connection: outside the pool, with TCP keepalives so that a vanished server
+        is noticed in seconds, not at the kernel's default of hours."""
+        return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5, keepalives=1,
+                               keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                               application_name=LISTENER_NAME)
+
+    @staticmethod
+    def _notify(cur, payload: str) -> None:
+        """Tell every process's digest cache, when this transaction commits, that a record is gone."""
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     def _run(self, body: Callable[[Any], T], *, write: str | None = None, retry: bool = False) -> T:
         """Run `body(cursor)` on a pooled connection: alone (a read, or a write of one statement) or in a
@@ -378,6 +393,7 @@ class PostgresMetadata(Metadata):
             conn.close()
 
     def close(self) -> None:
+        self.digests.stop()
         with self._pool_lock:
             pool, self._pool = self._pool, None
             if pool is not None and self._pid == os.getpid():
@@ -452,11 +468,20 @@ class PostgresMetadata(Metadata):
     # -- blobs ---------------------------------------------------------------------------------------------------
 
     def blob(self, repository: str, digest: str) -> BlobRecord | None:
+        cached = self.digests.get("b", repository, digest)
+        if cached is not None:
+            return cached
+        generation = self.digests.generation()
+
         def body(cur):
             cur.execute(BLOB_IN_REPOSITORY, (repository, digest))
             return cur.fetchone()
         row = self._read(body)
-        return BlobRecord(*row) if row else None
+        if not row:
+            return None
+        record = BlobRecord(*row)
+        self.digests.put("b", repository, digest, record, generation)
+        return record
 
     def record_blob(self, repository: str, blob: StoredBlob, *, session_id: str | None = None,
                     quotas: Sequence[Quota] = (), events: Sequence[NewEvent] = ()) -> str | None:
@@ -510,10 +535,15 @@ class PostgresMetadata(Metadata):
                 raise blob_in_use(digest, users)
             cur.execute("DELETE FROM repository_blobs WHERE digest = %s AND repository_id = "
                         "(SELECT id FROM repositories WHERE name = %s)", (digest, repository))
-            if cur.rowcount:
-                self._add_events(cur, events)
-            return cur.rowcount > 0
-        return self._write(body)
+            if not cur.rowcount:
+                return False
+            self._add_events(cur, events)
+            self._notify(cur, gone_blob(repository, digest))
+            return True
+        unlinked = self._write(body)
+        if unlinked:
+            self.digests.gone(gone_blob(repository, digest))
+        return unlinked
 
     # -- upload sessions -----------------------------------------------------------------------------------------
 
@@ -634,6 +664,12 @@ class PostgresMetadata(Metadata):
                     "updated_at = excluded.updated_at", (repository_id, tag, digest, now))
 
     def manifest(self, repository: str, *, digest: str | None = None, tag: str | None = None) -> ManifestRecord | None:
+        if tag is None:
+            cached = self.digests.get("m", repository, digest)
+            if cached is not None:
+                return cached
+        generation = self.digests.generation()
+
         def body(cur):
             if tag is not None:
                 cur.execute("SELECT m.digest, m.media_type, m.size FROM repositories r "
@@ -646,7 +682,12 @@ class PostgresMetadata(Metadata):
                             (repository, digest))
             return cur.fetchone()
         row = self._read(body)
-        return ManifestRecord(*row) if row else None
+        if not row:
+            return None
+        record = ManifestRecord(*row)
+        if tag is None:
+            self.digests.put("m", repository, digest, record, generation)
+        return record
 
     def manifest_data(self, digest: str) -> bytes | None:
         def body(cur):
@@ -667,8 +708,12 @@ class PostgresMetadata(Metadata):
             cur.execute("DELETE FROM manifest_references WHERE repository_id = %s AND digest = %s",
                         (repository_id, digest))
             self._add_events(cur, events)
+            self._notify(cur, gone_manifest(repository, digest))
             return True
-        return self._write(body)
+        deleted = self._write(body)
+        if deleted:
+            self.digests.gone(gone_manifest(repository, digest))
+        return deleted
 
     def delete_tag(self, repository: str, tag: str, *, events: Sequence[NewEvent] = ()) -> bool:
         def body(cur):
@@ -720,8 +765,12 @@ class PostgresMetadata(Metadata):
                 cur.execute(f"DELETE FROM {table} WHERE repository_id = %s", (repository_id,))
             cur.execute("DELETE FROM repositories WHERE id = %s", (repository_id,))
             self._add_events(cur, events)
+            self._notify(cur, gone_repository(name))
             return {"repository": name, "manifests": manifests, "tags": tags}, sessions
-        return self._write(body)
+        result = self._write(body)
+        if result is not None:
+            self.digests.gone(gone_repository(name))
+        return result
 
     # -- quotas --------------------------------------------------------------------------------------------------
 
@@ -818,13 +867,16 @@ class PostgresMetadata(Metadata):
             with self._get_pool().connection() as conn:
                 with conn.cursor() as cur:
                     cur.execute(BEGIN_GC_EXCLUSIVE)
+                    step = PostgresLifecycle(cur, self._clock)
                     try:
-                        yield PostgresLifecycle(cur, self._clock)
+                        yield step
                     except BaseException:
                         if not conn.broken:
                             cur.execute("ROLLBACK")
                         raise
                     cur.execute("ROLLBACK" if dry_run else "COMMIT")
+                    if step.removed and not dry_run:
+                        self.digests.gone(EVERYTHING)
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._unavailable(exc) from None
 
@@ -860,11 +912,25 @@ class PostgresMetadata(Metadata):
             return {r[0] for r in cur.fetchall()}
         return self._read(body)
 
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        def body(cur):
+            cur.execute("UPDATE blobs SET key = %s WHERE digest = %s AND key = %s", (new_key, digest, old_key))
+            if not cur.rowcount:
+                return False
+            self._notify(cur, EVERYTHING)  # cached blob records carry the key
+            return True
+        rekeyed = self._write(body, gc=True)
+        if rekeyed:
+            self.digests.gone(EVERYTHING)
+        return rekeyed
+
     def forget_blob(self, digest: str) -> None:
         def body(cur):
             cur.execute("DELETE FROM repository_blobs WHERE digest = %s", (digest,))
             cur.execute("DELETE FROM blobs WHERE digest = %s", (digest,))
+            self._notify(cur, EVERYTHING)
         self._write(body, gc=True)
+        self.digests.gone(EVERYTHING)
 
     def upload_sessions(self) -> Iterator[UploadSession]:
         def body(cur):
@@ -1018,6 +1084,12 @@ class PostgresLifecycle(Lifecycle):
     def __init__(self, cur, clock: Callable[[], float]):
         self.cur = cur
         self._clock = clock
+        self.removed = False  # whether a step took a manifest or a blob link away: every digest cache empties
+
+    def _removed(self) -> None:
+        if not self.removed:
+            self.removed = True
+            PostgresMetadata._notify(self.cur, EVERYTHING)
 
     def repositories(self) -> list[tuple[int, str]]:
         self.cur.execute("SELECT id, name FROM repositories ORDER BY name")
@@ -1027,6 +1099,7 @@ class PostgresLifecycle(Lifecycle):
         self.cur.execute(DEAD_MANIFESTS, {"repository": repository_id, "cutoff": cutoff})
         dead = [tuple(r) for r in self.cur.fetchall()]
         if dead:
+            self._removed()
             digests = [d for d, _ in dead]
             for table in ("manifests", "tags", "manifest_references"):
                 self.cur.execute(f"DELETE FROM {table} WHERE repository_id = %s AND digest = ANY(%s::TEXT[])",
@@ -1035,12 +1108,16 @@ class PostgresLifecycle(Lifecycle):
 
     def sweep_links(self, cutoff: float) -> int:
         self.cur.execute(STALE_LINKS, {"cutoff": cutoff})
-        return self.cur.rowcount
+        swept = self.cur.rowcount
+        if swept:
+            self._removed()
+        return swept
 
     def sweep_blobs(self, limit: int) -> list[BlobRecord]:
         self.cur.execute(GARBAGE_BLOBS, {"limit": limit})
         garbage = [BlobRecord(*row) for row in self.cur.fetchall()]
         if garbage:
+            self._removed()
             self.cur.execute("DELETE FROM blobs WHERE digest = ANY(%s::TEXT[])", ([b.digest for b in garbage],))
             self.cur.execute("INSERT INTO pending_deletes (key, created_at) SELECT k, %s FROM unnest(%s::TEXT[]) k "
                              "ON CONFLICT DO NOTHING", (self._clock(), [b.key for b in garbage]))

@@ -599,6 +599,11 @@ class SqliteMetadata(Metadata):
                 return
             last = rows[-1][0]
 
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("UPDATE blobs SET key = ? WHERE digest = ? AND key = ?",
+                                (new_key, digest, old_key)).rowcount > 0
+
     def forget_blob(self, digest: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM repository_blobs WHERE digest = ?", (digest,))

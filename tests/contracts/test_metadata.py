@@ -373,5 +373,15 @@ def test_shared_token_buckets(metadata):
     assert metadata.peek_tokens("other", 1.0, 5.0, 1000.0) == 5.0  # an unknown key is a full bucket
 
 
+def test_a_blob_row_moves_to_a_new_key_only_from_the_key_it_names(metadata):
+    metadata.record_blob("team/app", blob("moved", key="old-key"))
+    assert not metadata.rekey_blob(digest("moved"), "some-other-key", "new-key")
+    assert metadata.blob("team/app", digest("moved")).key == "old-key"
+    assert metadata.rekey_blob(digest("moved"), "old-key", "new-key")
+    assert metadata.blob("team/app", digest("moved")).key == "new-key"
+    assert [b.key for b in metadata.blobs()] == ["new-key"]
+    assert not metadata.rekey_blob(digest("unknown"), "old-key", "new-key")
+
+
 def test_ping(metadata):
     metadata.ping()
