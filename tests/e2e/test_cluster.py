@@ -487,8 +487,9 @@ def test_cluster_compose_file_and_node_settings(tmp_path):
     assert result.returncode == 0, result.stderr
     # The resolved file, read with docker-compose's own interpreter (its PyYAML is a dependency of docker-compose).
     interpreter = Path(compose).read_text(errors="replace").splitlines()[0].removeprefix("#!").split()
-    as_json = subprocess.run([*interpreter, "-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"],
-                             input=result.stdout, capture_output=True, text=True, timeout=60)
+    as_json = subprocess.run(
+        [*interpreter, "-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"],
+        input=result.stdout, capture_output=True, text=True, timeout=60)
     assert as_json.returncode == 0, as_json.stderr
     resolved = json.loads(as_json.stdout)
     services = resolved["services"]
