@@ -249,7 +249,7 @@ class Cluster:
         htpasswd = tool("htpasswd", "apt-get install apache2-utils")
         self.bucket = f"cluster-{uuid.uuid4().hex[:12]}"
         swift.create_bucket(self.bucket)
-        self.database = pg.url("dockyard", pool_timeout=5, connect_timeout=3)
+        self.database = pg.url("dockyard")  # the node file's own query follows (pool_timeout=5, ...)
         self.htpasswd = home / "htpasswd"  # the one file every node reads
         for i, user in enumerate((ADMIN, *LIMITED)):
             sh(htpasswd, "-Bb" + ("c" if i == 0 else ""), self.htpasswd, user, PASSWORD)
@@ -981,8 +981,10 @@ def test_an_upload_session_moved_on_purpose_continues_on_another_node(cluster):
 # -- the database goes away --------------------------------------------------------------------------------------------
 
 def test_postgresql_restarted_while_the_cluster_serves(cluster):
-    """Reads and writes run against nginx and each node directly while PostgreSQL stops (fast shutdown: every
-    connection dropped) and starts again a few seconds later. Every answer in that window is 200/201/202 or 503
+    """Requests run against nginx and each node directly while PostgreSQL stops (fast shutdown: every connection
+    dropped) and starts again a few seconds later: manifest and tag reads and upload POSTs as the admin, and, as a
+    rate-limited user, `/v2/` (its rate bucket is on the database), a token (the signing key and the token
+    bucket too) and a wrong password (the failed-login bucket). Every answer in that window is the usual one or 503
     with Retry-After (never a 500), within a bound (the pool's 5 s wait for a connection, plus slack; never a hang);
     then every node serves again without being restarted."""
     nodes = list(cluster.nodes.values())
@@ -990,19 +992,26 @@ def test_postgresql_restarted_while_the_cluster_serves(cluster):
     digest = push_image(nodes[0].http, nodes[0].url, repo, "v1", [os.urandom(1000)])
     pids = {node.name: node.proc.pid for node in nodes}
     targets = [("nginx", cluster.url, cluster.http)] + [(n.name, n.url, n.http) for n in nodes]
+    user = (LIMITED[0], PASSWORD)
+    kinds = (  # kind, method, path, request options, the answers when the database is up
+        ("manifest", "GET", f"/v2/{repo}/manifests/v1", {"headers": {"Accept": OCI_MANIFEST}}, {200}),
+        ("tags", "GET", f"/v2/{repo}/tags/list", {}, {200}),
+        ("upload", "POST", f"/v2/{repo}/blobs/uploads/", {}, {202}),
+        ("rate-limited", "GET", "/v2/", {"auth": user}, {200}),
+        ("token", "GET", "/auth/token", {"auth": user, "params": {
+            "service": "registry.example.com", "scope": f"repository:{repo}:pull"}}, {200}),
+        ("wrong password", "GET", "/v2/", {"auth": (LIMITED[1], "wrong")}, {401, 429}))
+    usual = {kind: ok for kind, *_, ok in kinds}
     answers: list[tuple[str, str, str, int, float, str | None, str]] = []  # target, phase, kind, status, s, ...
     phase = ["before"]
     stop = threading.Event()
     BOUND = 20.0
 
-    def client(name: str, base: str, http: requests.Session):
-        n = 0
-        while not stop.is_set():
-            n += 1
-            for kind, method, path, kwargs in (
-                    ("manifest", "GET", f"/v2/{repo}/manifests/v1", {"headers": {"Accept": OCI_MANIFEST}}),
-                    ("tags", "GET", f"/v2/{repo}/tags/list", {}),
-                    ("upload", "POST", f"/v2/{repo}/blobs/uploads/", {})):
+    def client(name: str, base: str, kind: str, method: str, path: str, kwargs: dict):
+        """One kind of request to one target, in a loop: a thread each, so every kind is seen while it is down."""
+        with requests.Session() as http:
+            http.auth, http.verify, http.trust_env = (ADMIN, PASSWORD), str(cluster.ca), False
+            while not stop.is_set():
                 current = phase[0]
                 started = time.monotonic()
                 try:
@@ -1016,9 +1025,10 @@ def test_postgresql_restarted_while_the_cluster_serves(cluster):
                 except requests.RequestException as exc:
                     status, retry, code = 0, None, repr(exc)[:120]
                 answers.append((name, current, kind, status, time.monotonic() - started, retry, code))
-            time.sleep(0.05)
+                time.sleep(0.1)
 
-    threads = [threading.Thread(target=client, args=target, name=target[0]) for target in targets]
+    threads = [threading.Thread(target=client, args=(name, base, *kind[:4]), name=f"{name} {kind[0]}")
+               for name, base, _ in targets for kind in kinds]
     for thread in threads:
         thread.start()
     try:
@@ -1026,18 +1036,18 @@ def test_postgresql_restarted_while_the_cluster_serves(cluster):
         phase[0] = "down"
         cluster.pg.stop("fast")
         down_since = time.monotonic()
-        # Down until every target has answered a few requests with the database away (at least 4 s).
+        # Down until every target has answered each kind of request with the database away (at least 4 s).
         while time.monotonic() - down_since < 4 or not all(
-                sum(1 for a in answers if a[0] == name and a[1] == "down") >= 3 for name, _, _ in targets):
-            assert time.monotonic() - down_since < 60, "requests stopped being answered while the database was down"
+                {a[2] for a in answers if a[0] == name and a[1] == "down"} == set(usual) for name, _, _ in targets):
+            assert time.monotonic() - down_since < 120, "requests stopped being answered while the database was down"
             time.sleep(0.2)
         cluster.pg.start()
         phase[0] = "after"
         up_since = time.monotonic()
 
         def recovered(name: str) -> bool:
-            last = [a for a in answers if a[0] == name and a[1] == "after"][-6:]
-            return len(last) == 6 and all(a[3] in (200, 202) for a in last)
+            last = [a for a in answers if a[0] == name and a[1] == "after"][-3 * len(kinds):]
+            return len(last) == 3 * len(kinds) and all(a[3] in usual[a[2]] for a in last)
 
         while not all(recovered(name) for name, _, _ in targets):
             assert time.monotonic() - up_since < 90, "the cluster did not recover within 90 s: " + repr(
@@ -1051,16 +1061,18 @@ def test_postgresql_restarted_while_the_cluster_serves(cluster):
         if phase[0] == "down":  # failed while it was stopped: later tests need it
             cluster.pg.start()
 
-    unexpected = [a for a in answers if a[3] not in (200, 202, 503)]
+    unexpected = [a for a in answers if a[3] not in usual[a[2]] | {503}]
     assert not unexpected, unexpected[:10]
     unavailable = [a for a in answers if a[3] == 503]
     assert all(a[5] and int(a[5]) >= 1 and a[6] == "UNAVAILABLE" for a in unavailable), unavailable[:10]
     for name, _, _ in targets:  # every node (and nginx) said 503 while the database was down
         assert any(a[0] == name and a[1] == "down" and a[3] == 503 for a in answers), name
+    down = {kind for _, phase_, kind, status, *_ in answers if phase_ == "down" and status == 503}
     slowest = max(a[4] for a in answers)
     assert slowest < BOUND, f"an answer took {slowest:.1f} s"
-    print(f"PostgreSQL restart: {len(answers)} requests, {len(unavailable)} answered 503 + Retry-After, slowest "
-          f"{slowest:.2f} s; every target answering again {recovery:.1f} s after PostgreSQL started")
+    print(f"PostgreSQL restart: {len(answers)} requests, {len(unavailable)} answered 503 + Retry-After (kinds: "
+          f"{sorted(down)}), slowest {slowest:.2f} s; every target answering as usual {recovery:.1f} s after "
+          "PostgreSQL started")
     # No node was restarted, and each one serves reads and writes again.
     assert {node.name: node.proc.pid for node in nodes} == pids and all(n.proc.poll() is None for n in nodes)
     for node in nodes:
