@@ -117,6 +117,7 @@ def node_config(name: str, *, database: str, bucket: str, swift, htpasswd: Path)
         ('access_key_id = "dockyard"', f'access_key_id = "{swift.access_key}"'),
         ('secret_access_key = "change-me-too"', f'secret_access_key = "{swift.secret_key}"'),
         ('htpasswd = "/etc/dockyard/htpasswd"', f'htpasswd = "{htpasswd}"'),
+        # The entry's options; the line's own comment is left behind a `#` of its own.
         ('name = "ratelimit"', 'name = "ratelimit"\n[middleware.options]\nexempt = ["admin"]\n'
                                f'limits = {{ manifest_read = {{ rate = 0, burst = {MANIFEST_READS} }}, '
                                'token = { rate = 100, burst = 1000 } }\n#'),
