@@ -132,6 +132,7 @@ def test_help_option_prints_the_usage_and_where_settings_come_from(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: registry-tui [-h]")
     for text in ("REGISTRY_TUI_URL", "REGISTRY_TUI_USERNAME", "REGISTRY_TUI_TOKEN", "config.toml", "config.json",
+                 "credHelpers", "credsStore", "docker-credential-NAME",
                  "--password-stdin", "http://127.0.0.1:5000", "?"):
         assert text in out, text
 
