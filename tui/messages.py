@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from textual.message import Message
 
@@ -40,8 +40,7 @@ class TagsDone(Message):
 
 @dataclass
 class ManifestLoaded(Message):
-    text: object  # a Rich renderable describing the manifest
-    pull: list[str] = field(default_factory=list)
+    description: object  # screens.manifest.Description: the renderables, the pull references, an index's platforms
 
 
 @dataclass

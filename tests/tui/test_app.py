@@ -14,7 +14,7 @@ from conftest import (FIXED_NOW, USERS, auth_middleware, goto, run_app, screen_t
 from dockyard.tui import app as app_module
 from dockyard.tui.app import RegistryApp
 from dockyard.tui.client import Credentials
-from seed import repositories, seed
+from seed import Seeder, repositories, seed
 
 
 def test_a_dead_server_is_a_clear_state_and_r_retries(registry):
@@ -173,3 +173,50 @@ def test_the_readme_shows_the_screen_as_it_is(registry):
     run_app(app, scenario)
     block = "\n".join("    " + line.rstrip() for line in captured[0].splitlines())
     assert block in "\n".join(line if line.strip() else "    " for line in readme.splitlines())
+
+
+def test_open_one_platform_of_an_index_and_come_back(registry):
+    """Issue 15: the manifest screen of an index lists its platforms; `enter` opens one as a manifest screen of its
+    own, `escape` comes back to the index with the cursor where it was."""
+    s = seed(registry.url, transport=registry.transport)
+    app = RegistryApp(registry.client(), clock=lambda: FIXED_NOW)
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "multi")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "Platforms (2; enter: open one)" in screen_text(pilot.app)
+        table = pilot.app.screen.query_one("#platforms")
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["linux/amd64", "linux/arm64"]
+        assert pilot.app.focused is table and "Open platform" in screen_text(pilot.app)
+
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        text = screen_text(pilot.app)
+        assert text.splitlines()[0].strip() == "apps/web : multi › linux/arm64"
+        assert "application/vnd.oci.image.manifest.v1+json" in text and "Layers (1)" in text
+        assert "Platform    linux/arm64" in text and "Tags        (none)" in text
+        assert s.arm64.digest[:60] in text.replace("\n             ", "")
+        await pilot.press("c")
+        assert pilot.app.clipboard == f"registry.test/apps/web@{s.arm64.digest}"
+
+        await pilot.press("escape")
+        await settle(pilot)
+        assert screen_text(pilot.app).splitlines()[0].strip() == "apps/web : multi"
+        table = pilot.app.screen.query_one("#platforms")
+        assert table.cursor_row == 1 and pilot.app.focused is table
+        await pilot.press("up", "enter")
+        await settle(pilot)
+        assert "apps/web : multi › linux/amd64" in screen_text(pilot.app)
+        assert s.amd64.digest[:60] in screen_text(pilot.app).replace("\n             ", "")
+        await pilot.press("escape", "escape")
+        await settle(pilot)
+        assert "multi" in table_keys(pilot.app)
+
+    run_app(app, scenario)
+    # each platform was read by its digest, as the index lists it
+    assert registry.transport.count("GET", f"/v2/apps/web/manifests/{s.arm64.digest}", 200) >= 1
+

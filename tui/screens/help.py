@@ -22,6 +22,7 @@ KEYS = """\
               p  retention rules   C  garbage collection   r  reload
 
 [b]Manifest[/b]      c  copy the pull reference   j k  scroll   escape  back
+              an index: enter  open the platform under the cursor
 
 [b]Retention[/b]     tab  next rule   enter  prune what the preview shows
 """
