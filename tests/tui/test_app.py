@@ -14,7 +14,7 @@ from conftest import (FIXED_NOW, USERS, auth_middleware, goto, run_app, screen_t
 from dockyard.tui import app as app_module
 from dockyard.tui.app import RegistryApp
 from dockyard.tui.client import Credentials
-from seed import Seeder, repositories, seed
+from seed import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Seeder, canonical, repositories, seed
 
 
 def test_a_dead_server_is_a_clear_state_and_r_retries(registry):
@@ -220,3 +220,53 @@ def test_open_one_platform_of_an_index_and_come_back(registry):
     # each platform was read by its digest, as the index lists it
     assert registry.transport.count("GET", f"/v2/apps/web/manifests/{s.arm64.digest}", 200) >= 1
 
+
+
+def test_a_long_platform_list_follows_the_cursor_and_shows_platforms_as_text(registry):
+    """The detail scrolls with the platform cursor (the table itself has nothing to scroll); a platform is text
+    from whoever pushed the index, shown as it is, never read as markup (which crashed the tags screen)."""
+    s = seed(registry.url, transport=registry.transport)
+    seeder = Seeder(registry.url, registry.transport)
+    wide = seeder.index("apps/web", [(s.arm64, "evil[/b][red]")] + [(s.amd64, f"arch{i:02d}") for i in range(19)],
+                        ["wide"])
+    empty = seeder.blob("apps/web", b"{}")
+    body = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x[/b]",
+                      "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": 2},
+                      "layers": [{"mediaType": "application/y[/i]", "digest": empty, "size": 2}],
+                      "subject": {"mediaType": OCI_INDEX, "digest": wide.digest, "size": wide.manifest_bytes}})
+    seeder.manifest("apps/web", "odd", body, OCI_MANIFEST)
+    seeder.close()
+    app = RegistryApp(registry.client(), clock=lambda: FIXED_NOW)
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "linux/evil[/b][red],linux/arch00" in screen_text(pilot.app)  # the tags screen's platforms
+        await goto(pilot, "wide")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "linux/evil[/b][red]" in screen_text(pilot.app) and "linux/arch18" not in screen_text(pilot.app)
+        for _ in range(19):
+            await pilot.press("j")
+        await settle(pilot)
+        assert "linux/arch18" in screen_text(pilot.app)
+        await pilot.press("end")
+        text = screen_text(pilot.app)
+        assert "Referrers (1)" in text and "application/x[/b]" in text  # the referrer's artifact type, as text
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "apps/web : wide › linux/arch18" in screen_text(pilot.app)
+        await pilot.press("escape", "home")
+        for _ in range(19):
+            await pilot.press("k")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "apps/web : wide › linux/evil[/b][red]" in screen_text(pilot.app)
+        await pilot.press("escape", "escape")
+        await goto(pilot, "odd")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "application/y[/i]" in screen_text(pilot.app)  # its layer's media type
+
+    run_app(app, scenario)

@@ -72,7 +72,7 @@ def describe(client: RegistryClient, repository: str, manifest: Manifest, footpr
         table.add_column(col, no_wrap=col != "media type", overflow="fold")
     for i, layer in enumerate(layers, 1):
         table.add_row(str(i), short_digest(layer.get("digest")), human_bytes(layer.get("size")),
-                      str(layer.get("mediaType", "?")))
+                      Text(str(layer.get("mediaType", "?"))))  # Text: a str cell is read as markup
     parts.append(table)
     config = body.get("config") or {}
     if config.get("mediaType") in IMAGE_CONFIG_TYPES:
@@ -124,7 +124,8 @@ def describe_referrers(client: RegistryClient, repository: str, digest: str) -> 
     for col in ("artifact type", "digest", "size"):
         table.add_column(col, overflow="fold")
     for ref in referrers:
-        table.add_row(ref.get("artifactType") or "?", short_digest(ref.get("digest")), human_bytes(ref.get("size")))
+        table.add_row(Text(str(ref.get("artifactType") or "?")), short_digest(ref.get("digest")),
+                      human_bytes(ref.get("size")))
     parts.append(table)
     return parts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -154,7 +155,8 @@ class TagsScreen(Screen):
                 row.tag,
                 "  └ same" if same else short_digest(row.digest),
                 "" if same else human_bytes(row.size),
-                "" if same else (",".join(row.platforms) if row.platforms is not None else "?"),
+                # Text, not str: a DataTable reads a str as markup, and a platform is whatever the pusher wrote
+                Text("" if same else (",".join(row.platforms) if row.platforms is not None else "?")),
                 age(row.date, now),
             )))
         self.query_one(KeyTable).replace_rows(cells)
