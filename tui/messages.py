@@ -8,7 +8,7 @@ from textual.message import Message
 
 from .client import GCResult, RepositoryStats
 from .images import TagRow
-from .retention import Plan
+from .retention import Plan, ReferrerChoice
 
 
 @dataclass
@@ -54,6 +54,7 @@ class LoadFailed(Message):
 class PlanReady(Message):
     plan: Plan
     note: str = ""
+    referrers: ReferrerChoice | None = None  # the same deletion with the manifests' referrers, where asked for
 
 
 @dataclass

@@ -319,6 +319,18 @@ def screen_text(app) -> str:
     return console.export_text()
 
 
+def dialog_text(app) -> str:
+    """The open dialog (inside its █ box) as the operator reads it: title, body and buttons, each wrapped line
+    joined to the next by a space, so a sentence can be looked for whole."""
+    inside = []
+    for line in screen_text(app).splitlines():
+        if line.count("█") >= 2:
+            text = line[line.index("█") + 1:line.rindex("█")].strip()
+            if text and not set(text) <= set("▀▄▔▁ "):
+                inside.append(text)
+    return " ".join(inside)
+
+
 def run_app(app, scenario, size=(80, 24)):
     """Run `scenario(pilot)` against `app` at `size` in a headless terminal."""
     async def main():

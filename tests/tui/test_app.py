@@ -116,7 +116,8 @@ def test_help_lists_the_keys(registry):
     async def scenario(pilot):
         await pilot.press("question_mark")
         text = screen_text(pilot.app)
-        for key in ("/  filter", "space  mark/unmark", "s  sort", "D  delete the manifest", "p  retention"):
+        for key in ("/  filter", "space  mark/unmark", "s  sort", "D  delete the manifest", "p  retention",
+                    "r  in their dialog: the referrers too", "an index: enter  open the platform"):
             assert key in text
 
     run_app(RegistryApp(registry.client()), scenario)

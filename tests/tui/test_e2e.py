@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import goto, run_app, screen_text, settle, table_keys, type_text
+from conftest import dialog_text, goto, run_app, screen_text, settle, table_keys, type_text
 from dockyard.tui.app import RegistryApp
 from dockyard.tui.client import RegistryClient
 from dockyard.tui.format import exact_bytes
-from seed import LAYERS, SBOM_TYPE, seed
+from seed import LAYERS, SBOM_TYPE, SIGNATURE_TYPE, Seeder, seed
 
 pytestmark = pytest.mark.e2e
 
@@ -311,3 +311,136 @@ def test_bearer_tokens_with_the_credentials_docker_login_stored(dockyard_with_to
         assert "stable" in table_keys(pilot.app)
 
     run_app(RegistryApp(RegistryClient(server.url, Credentials("bob", "bob"))), reader)
+
+
+# -- issue 15: a manifest's referrers, deleted with it when the operator asks --------------------------------------
+
+
+def own_bytes(pushed, *kept) -> int:
+    """What deleting `pushed` gives back while `kept` stay: its manifest and the blobs none of `kept` holds."""
+    return pushed.manifest_bytes + sum(only_in(pushed, *kept).values())
+
+
+def test_delete_a_manifest_with_its_referrers_when_asked(dockyard):
+    s = seed(dockyard.url)  # c (2.0, latest) has an SBOM
+    seeder = Seeder(dockyard.url)
+    sig_b = seeder.signature("apps/web", s.b, "b")  # a signature of b (1.1, stable)
+    sig_sbom = seeder.signature("apps/web", s.sbom, "sbom")  # a signature of c's SBOM: a referrer of a referrer
+    seeder.close()
+    http = dockyard.http()
+    images = (s.a, s.c, s.amd64, s.arm64)
+    # b with its signature: the empty config ({}) stays, c's SBOM and its signature still use it
+    first = own_bytes(s.b, *images) + own_bytes(sig_b, s.sbom, sig_sbom)
+    # then c with its SBOM and the SBOM's signature: the last users of {}, so it goes too
+    second = own_bytes(s.c, s.a, s.amd64, s.arm64) + own_bytes(s.sbom) + own_bytes(sig_sbom, s.sbom)
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "stable")
+        await pilot.press("D")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "Delete manifest" in text and "2 tags, 1 manifest would be deleted" in text  # the default: alone
+        assert "1 referrer (signatures, SBOMs) of this manifest stays, orphaned. r: delete them too" in text
+        await pilot.press("r")
+        text = dialog_text(pilot.app)
+        assert "Delete manifest, with referrers" in text
+        assert "2 tags, 2 manifests (1 referrer) would be deleted from apps/web" in text
+        assert f"✗ {s.b.digest[7:19]}  1.1, stable" in text
+        assert f"✗ {sig_b.digest[7:19]}  referrer: {SIGNATURE_TYPE}" in text
+        assert f"Frees {exact_bytes(first)}" in text
+        await pilot.press("y")
+        await settle(pilot)
+        text = screen_text(pilot.app)
+        assert "Deleted 2 of 2." in text and f"reclaimed {first:,} bytes" in text
+        await pilot.press("enter")
+        await settle(pilot)
+
+        await goto(pilot, "2.0")
+        await pilot.press("D")
+        await settle(pilot)
+        assert "2 referrers (signatures, SBOMs) of this manifest stay, orphaned" in dialog_text(pilot.app)
+        await pilot.press("r")
+        text = dialog_text(pilot.app)
+        assert "2 tags, 3 manifests (2 referrers) would be deleted" in text
+        assert f"✗ {s.sbom.digest[7:19]}  referrer: {SBOM_TYPE}" in text
+        assert f"✗ {sig_sbom.digest[7:19]}  referrer: {SIGNATURE_TYPE}" in text
+        assert f"Frees {exact_bytes(second)}" in text
+        await pilot.press("y")
+        await settle(pilot)
+        text = screen_text(pilot.app)
+        assert "Deleted 3 of 3." in text and f"reclaimed {second:,} bytes" in text
+        await pilot.press("enter")
+        await settle(pilot)
+        assert table_keys(pilot.app) == ["1.0", "multi"]
+
+    run_app(app_for(dockyard), scenario)
+    assert sorted(http.get("/v2/apps/web/tags/list").json()["tags"]) == ["1.0", "multi"]
+    for gone in (s.b, sig_b, s.c, s.sbom, sig_sbom):
+        assert http.get(f"/v2/apps/web/manifests/{gone.digest}", headers={"Accept": ACCEPT}).status_code == 404
+    for subject in (s.b, s.c, s.sbom):
+        assert http.get(f"/v2/apps/web/referrers/{subject.digest}").json()["manifests"] == []
+    for blob in {**sig_b.blobs, **s.sbom.blobs, **sig_sbom.blobs}:  # {} among them
+        assert http.head(f"/v2/apps/web/blobs/{blob}").status_code == 404
+    assert http.get(f"/v2/apps/web/manifests/{s.a.digest}", headers={"Accept": ACCEPT}).status_code == 200
+
+
+def test_delete_a_manifest_alone_by_default_leaves_its_referrers(dockyard):
+    s = seed(dockyard.url)
+    http = dockyard.http()
+    alone = own_bytes(s.c, s.a, s.b, s.amd64, s.arm64)
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "latest")
+        await pilot.press("D")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "1 referrer (signatures, SBOMs) of this manifest stays, orphaned" in text
+        assert f"Frees {exact_bytes(alone)}" in text and "referrer:" not in text
+        await pilot.press("r", "r")  # with, then alone again: the body says so
+        text = dialog_text(pilot.app)
+        assert "with referrers" not in text and "2 tags, 1 manifest would be deleted" in text
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+        assert f"reclaimed {alone:,} bytes" in screen_text(pilot.app)
+
+    run_app(app_for(dockyard), scenario)
+    assert http.get(f"/v2/apps/web/manifests/{s.c.digest}", headers={"Accept": ACCEPT}).status_code == 404
+    # the SBOM is still there, and the referrers API still lists it under its (deleted) subject
+    assert http.get(f"/v2/apps/web/manifests/{s.sbom.digest}", headers={"Accept": ACCEPT}).status_code == 200
+    assert [m["digest"] for m in http.get(f"/v2/apps/web/referrers/{s.c.digest}").json()["manifests"]] == \
+        [s.sbom.digest]
+    for blob in s.sbom.blobs:
+        assert http.head(f"/v2/apps/web/blobs/{blob}").status_code == 200
+
+
+def test_reference_registry_refuses_deleting_referrers_and_says_why(reference):
+    s = seed(reference.url, referrer=False)
+    http = reference.http()
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "2.0")
+        await pilot.press("D")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "Referrers: this registry has no referrers API" in text
+        await pilot.press("r")
+        text = dialog_text(pilot.app)
+        assert "Cannot delete the referrers: this registry has no referrers API" in text
+        assert "with referrers" not in text and "2 tags, 1 manifest would be deleted" in text
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+
+    run_app(app_for(reference), scenario)
+    assert http.get(f"/v2/apps/web/manifests/{s.c.digest}", headers={"Accept": ACCEPT}).status_code == 404
+    assert sorted(http.get("/v2/apps/web/tags/list").json()["tags"]) == ["1.0", "1.1", "multi", "stable"]
