@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import signal
@@ -289,6 +290,38 @@ def make_registry(tmp_path):
 @pytest.fixture
 def registry(make_registry) -> InProcessRegistry:
     return make_registry()
+
+
+# -- docker's credential helpers ---------------------------------------------------------------------------------
+
+
+def credential_helper(bin_dir, name: str, answers: dict[str, dict], *, fail: str | None = None):
+    """A `docker-credential-<name>` that logs each call and answers `get` from `answers` (server -> JSON), or
+    prints `fail` and exits 1: docker-credential-helpers' programs print their errors on stdout, and the one for
+    a server they hold nothing for is "credentials not found in native keychain"."""
+    bin_dir.mkdir(exist_ok=True)
+    log = bin_dir / f"{name}.log"
+    cases = "".join(f"  'get {server}') printf '%s\\n' '{json.dumps(answer)}' ;;\n"
+                    for server, answer in answers.items())
+    script = bin_dir / f"docker-credential-{name}"
+    script.write_text(f"""#!/bin/sh
+server=$(cat)
+printf '%s %s\\n' "$1" "$server" >> '{log}'
+{f"echo '{fail}'; exit 1" if fail else ""}
+case "$1 $server" in
+{cases}  *) echo 'credentials not found in native keychain'; exit 1 ;;
+esac
+""")
+    script.chmod(0o755)
+    return log
+
+
+def docker_environment(tmp_path, config: dict) -> dict:
+    """An environment whose docker config.json is `config` and whose PATH starts with `tmp_path/bin` (the helpers)."""
+    (tmp_path / "docker").mkdir(exist_ok=True)
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(config))
+    return {"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "docker"),
+            "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
 
 
 # -- driving the app ---------------------------------------------------------------------------------------------

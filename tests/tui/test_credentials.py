@@ -7,47 +7,20 @@ that answers as docker-credential-helpers' programs do, errors on stdout include
 from __future__ import annotations
 
 import base64
-import json
 import time
 
 import httpx
 import pytest
 
-from conftest import USERS, auth_middleware, run_app, screen_text, table_keys
+from conftest import (USERS, auth_middleware, credential_helper, docker_environment, run_app, screen_text,
+                      table_keys)
 from dockyard.tui import app as app_module
 from dockyard.tui.app import RegistryApp
 from dockyard.tui.client import AuthFailed, Credentials, RegistryAuth, RegistryClient
-from dockyard.tui.connect import NOT_FOUND, SettingsError, resolve
+from dockyard.tui.connect import SettingsError, resolve
 from seed import seed
 
 HOST = "127.0.0.1:5000"
-
-
-def helper(bin_dir, name: str, answers: dict[str, dict], *, fail: str | None = None):
-    """A `docker-credential-<name>` that logs each call and answers `get` from `answers` (server -> JSON), or
-    prints `fail` and exits 1 (what the real helpers do on an error)."""
-    bin_dir.mkdir(exist_ok=True)
-    log = bin_dir / f"{name}.log"
-    cases = "".join(f"  'get {server}') printf '%s\\n' '{json.dumps(answer)}' ;;\n"
-                    for server, answer in answers.items())
-    script = bin_dir / f"docker-credential-{name}"
-    script.write_text(f"""#!/bin/sh
-server=$(cat)
-printf '%s %s\\n' "$1" "$server" >> '{log}'
-{f"echo '{fail}'; exit 1" if fail else ""}
-case "$1 $server" in
-{cases}  *) echo '{NOT_FOUND}'; exit 1 ;;
-esac
-""")
-    script.chmod(0o755)
-    return log
-
-
-def environment(tmp_path, config: dict) -> dict:
-    (tmp_path / "docker").mkdir(exist_ok=True)
-    (tmp_path / "docker" / "config.json").write_text(json.dumps(config))
-    return {"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "docker"),
-            "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
 
 
 def answer(user: str, secret: str, server: str = HOST) -> dict:
@@ -55,8 +28,8 @@ def answer(user: str, secret: str, server: str = HOST) -> dict:
 
 
 def test_creds_store_runs_the_helper_with_get_and_the_server_on_stdin(tmp_path):
-    log = helper(tmp_path / "bin", "vault", {HOST: answer("alice", "s3cret")})
-    env = environment(tmp_path, {"auths": {HOST: {}}, "credsStore": "vault"})  # as `docker login` leaves it
+    log = credential_helper(tmp_path / "bin", "vault", {HOST: answer("alice", "s3cret")})
+    env = docker_environment(tmp_path, {"auths": {HOST: {}}, "credsStore": "vault"})  # as docker login leaves it
     connection = resolve(f"http://{HOST}", env=env)
     assert connection.credentials == Credentials("alice", "s3cret")
     assert connection.source == "docker-credential-vault"
@@ -64,9 +37,10 @@ def test_creds_store_runs_the_helper_with_get_and_the_server_on_stdin(tmp_path):
 
 
 def test_a_per_registry_helper_wins_over_creds_store(tmp_path):
-    everything = helper(tmp_path / "bin", "everything", {HOST: answer("alice", "a"), "reg.example": answer("eve", "e")})
-    special = helper(tmp_path / "bin", "special", {HOST: answer("bob", "b")})
-    env = environment(tmp_path, {"credsStore": "everything", "credHelpers": {HOST: "special"}})
+    everything = credential_helper(tmp_path / "bin", "everything",
+                                   {HOST: answer("alice", "a"), "reg.example": answer("eve", "e")})
+    special = credential_helper(tmp_path / "bin", "special", {HOST: answer("bob", "b")})
+    env = docker_environment(tmp_path, {"credsStore": "everything", "credHelpers": {HOST: "special"}})
     assert resolve(f"http://{HOST}", env=env).credentials == Credentials("bob", "b")
     assert resolve("https://reg.example", env=env).credentials == Credentials("eve", "e")
     assert special.read_text() == f"get {HOST}\n"
@@ -74,9 +48,9 @@ def test_a_per_registry_helper_wins_over_creds_store(tmp_path):
 
 
 def test_not_found_in_the_helper_is_no_credentials_and_the_file_is_not_read(tmp_path):
-    helper(tmp_path / "bin", "vault", {})
+    credential_helper(tmp_path / "bin", "vault", {})
     stale = base64.b64encode(b"alice:old").decode()
-    env = environment(tmp_path, {"credsStore": "vault", "auths": {HOST: {"auth": stale}}})
+    env = docker_environment(tmp_path, {"credsStore": "vault", "auths": {HOST: {"auth": stale}}})
     connection = resolve(f"http://{HOST}", env=env)
     assert connection.source == "anonymous" and not connection.credentials
 
@@ -91,12 +65,12 @@ def test_not_found_in_the_helper_is_no_credentials_and_the_file_is_not_read(tmp_
 def test_a_helper_that_is_missing_or_fails_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys, case,
                                                                       expected):
     if case == "fails":
-        helper(tmp_path / "bin", "vault", {}, fail="exit status 2: gpg: decryption failed: No secret key")
+        credential_helper(tmp_path / "bin", "vault", {}, fail="exit status 2: gpg: decryption failed: No secret key")
     elif case == "garbage":
-        helper(tmp_path / "bin", "vault", {HOST: answer("alice", "x")})
+        credential_helper(tmp_path / "bin", "vault", {HOST: answer("alice", "x")})
         script = tmp_path / "bin" / "docker-credential-vault"
         script.write_text(script.read_text().replace("'{\"ServerURL\"", "'not json {\"ServerURL\""))
-    env = environment(tmp_path, {"credsStore": "vault"})
+    env = docker_environment(tmp_path, {"credsStore": "vault"})
     expected = expected.format(config=tmp_path / "docker" / "config.json")
     with pytest.raises(SettingsError) as raised:
         resolve(f"http://{HOST}", env=env)
@@ -113,8 +87,8 @@ def test_a_helper_that_is_missing_or_fails_is_one_line_not_a_traceback(tmp_path,
 
 
 def test_flags_win_and_the_helper_is_not_run(tmp_path):
-    log = helper(tmp_path / "bin", "vault", {HOST: answer("alice", "a")})
-    env = environment(tmp_path, {"credsStore": "vault"})
+    log = credential_helper(tmp_path / "bin", "vault", {HOST: answer("alice", "a")})
+    env = docker_environment(tmp_path, {"credsStore": "vault"})
     assert resolve(f"http://{HOST}", username="carol", password="c", env=env).source == "flags"
     assert not log.exists()
 
@@ -140,8 +114,8 @@ def test_the_token_username_means_an_identity_token_exchanged_as_docker_does(mak
         seed(registry.url, transport=registry.transport,
              auth=RegistryAuth(Credentials("alice", USERS["alice"]), token_http))
     host = "registry.test"
-    helper(tmp_path / "bin", "vault", {host: answer("<token>", identity_token(registry), host)})
-    connection = resolve(registry.url, env=environment(tmp_path, {"credsStore": "vault"}))
+    credential_helper(tmp_path / "bin", "vault", {host: answer("<token>", identity_token(registry), host)})
+    connection = resolve(registry.url, env=docker_environment(tmp_path, {"credsStore": "vault"}))
     assert connection.credentials.identity_token and connection.credentials.username is None
     registry.transport.clear()
 
@@ -166,7 +140,7 @@ def test_the_token_username_means_an_identity_token_exchanged_as_docker_does(mak
 def test_an_identitytoken_in_config_json_takes_the_same_route(make_registry, tmp_path):
     registry = make_registry(middleware=auth_middleware(tmp_path), clock=time.time)
     token = identity_token(registry, "bob")
-    env = environment(tmp_path, {"auths": {"registry.test": {"identitytoken": token}}})
+    env = docker_environment(tmp_path, {"auths": {"registry.test": {"identitytoken": token}}})
     connection = resolve(registry.url, env=env)
     assert connection.credentials == Credentials(identity_token=token)
     assert connection.source == "docker config.json"

@@ -4,11 +4,14 @@ over HTTP, what it holds afterwards."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
-from conftest import dialog_text, goto, run_app, screen_text, settle, table_keys, type_text
+from conftest import (credential_helper, dialog_text, docker_environment, goto, run_app, screen_text, settle,
+                      table_keys, type_text)
 from dockyard.tui.app import RegistryApp
-from dockyard.tui.client import RegistryClient
+from dockyard.tui.client import Credentials, RegistryAuth, RegistryClient
+from dockyard.tui.connect import resolve
 from dockyard.tui.format import exact_bytes
 from seed import LAYERS, SBOM_TYPE, SIGNATURE_TYPE, Seeder, seed
 
@@ -264,11 +267,6 @@ def test_bearer_tokens_with_the_credentials_docker_login_stored(dockyard_with_to
     import base64
     import json
 
-    import httpx
-
-    from dockyard.tui.client import Credentials, RegistryAuth
-    from dockyard.tui.connect import resolve
-
     server = dockyard_with_tokens
     token_http = httpx.Client(timeout=30)
     seed(server.url, auth=RegistryAuth(Credentials("alice", "ecila"), token_http))
@@ -444,3 +442,38 @@ def test_reference_registry_refuses_deleting_referrers_and_says_why(reference):
     run_app(app_for(reference), scenario)
     assert http.get(f"/v2/apps/web/manifests/{s.c.digest}", headers={"Accept": ACCEPT}).status_code == 404
     assert sorted(http.get("/v2/apps/web/tags/list").json()["tags"]) == ["1.0", "1.1", "multi", "stable"]
+
+
+def test_a_credential_helper_holding_an_identity_token_against_dockyard_serve(dockyard_with_tokens, tmp_path):
+    """Issue 15: `docker login` against Dockyard keeps an identity token (the refresh token of its password grant)
+    in the credential store as `<token>`; registry-tui runs the helper and signs in with it as docker does."""
+    server = dockyard_with_tokens
+    host = server.url.removeprefix("http://")
+    r = httpx.post(f"{server.url}/auth/token", timeout=30, data={
+        "grant_type": "password", "username": "alice", "password": "ecila", "service": "dockyard-test",
+        "client_id": "docker", "access_type": "offline"})
+    assert r.status_code == 200, r.text
+    with httpx.Client(timeout=30) as token_http:
+        seed(server.url, auth=RegistryAuth(Credentials("alice", "ecila"), token_http))
+    log = credential_helper(tmp_path / "bin", "secretservice",
+                            {host: {"ServerURL": host, "Username": "<token>", "Secret": r.json()["refresh_token"]}})
+    env = docker_environment(tmp_path, {"auths": {host: {}}, "credsStore": "secretservice"})
+    connection = resolve(server.url, env=env)
+    assert connection.source == "docker-credential-secretservice" and log.read_text() == f"get {host}\n"
+
+    async def scenario(pilot):
+        assert "admin API" in screen_text(pilot.app)  # alice's identity token: alice, an admin
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "1.0")
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+
+    run_app(RegistryApp(RegistryClient(connection.url, connection.credentials), gc_grace=0), scenario)
+    check = RegistryClient(server.url, Credentials("alice", "ecila"))
+    assert sorted(t for page in check.tags("apps/web") for t in page) == ["1.1", "2.0", "latest", "multi", "stable"]
+    check.close()
