@@ -327,20 +327,37 @@ def docker_environment(tmp_path, config: dict) -> dict:
 # -- driving the app ---------------------------------------------------------------------------------------------
 
 
+def painting(app) -> bool:
+    """Whether the current screen still has work Textual does when idle: a DataTable's column widths, a layout, a
+    repaint. These are Textual 8.2's own flags (the test extra pins textual)."""
+    from textual.widgets import DataTable
+    screen = app.screen
+    if screen._layout_required or screen._repaint_required or screen._dirty_widgets:
+        return True
+    return any(t._require_update_dimensions or t._new_rows or t._updated_cells for t in screen.query(DataTable))
+
+
 async def settle(pilot, timeout: float = 15) -> None:
-    """Wait until every worker has finished and the messages they posted have been handled."""
+    """Wait until every worker has finished, the messages they posted have been handled, and the screen has
+    painted the result.
+
+    It lets the app run (asyncio.sleep) and only then calls pilot.pause(), which paints at once: a paint forced
+    between a DataTable's new rows and its column widths (computed when it is next idle, and pilot.pause() judges
+    idleness by this process's CPU time, which a loaded machine starves) leaves lines drawn with the old widths in
+    the table's line cache, and a dialog opened over the screen then shows them."""
     from textual.worker import WorkerState
     deadline = time.monotonic() + timeout
     while True:
-        await pilot.pause()
-        busy = [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
-        if not busy:
-            await pilot.pause()
-            await pilot.pause()
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"workers still running after {timeout}s: {busy}")
         await asyncio.sleep(0.02)
+        busy = [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+        if not busy and not painting(pilot.app):
+            await pilot.pause()
+            if not painting(pilot.app) and not any(
+                    w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in pilot.app.workers):
+                await pilot.pause()
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers still running or the screen still painting after {timeout}s: {busy}")
 
 
 def screen_text(app) -> str:

@@ -343,6 +343,7 @@ def test_delete_a_manifest_with_its_referrers_when_asked(dockyard):
         assert "Delete manifest" in text and "2 tags, 1 manifest would be deleted" in text  # the default: alone
         assert "1 referrer (signatures, SBOMs) of this manifest stays, orphaned. r: delete them too" in text
         await pilot.press("r")
+        await settle(pilot)
         text = dialog_text(pilot.app)
         assert "Delete manifest, with referrers" in text
         assert "2 tags, 2 manifests (1 referrer) would be deleted from apps/web" in text
@@ -361,6 +362,7 @@ def test_delete_a_manifest_with_its_referrers_when_asked(dockyard):
         await settle(pilot)
         assert "2 referrers (signatures, SBOMs) of this manifest stay, orphaned" in dialog_text(pilot.app)
         await pilot.press("r")
+        await settle(pilot)
         text = dialog_text(pilot.app)
         assert "2 tags, 3 manifests (2 referrers) would be deleted" in text
         assert f"✗ {s.sbom.digest[7:19]}  referrer: {SBOM_TYPE}" in text
@@ -401,6 +403,7 @@ def test_delete_a_manifest_alone_by_default_leaves_its_referrers(dockyard):
         assert "1 referrer (signatures, SBOMs) of this manifest stays, orphaned" in text
         assert f"Frees {exact_bytes(alone)}" in text and "referrer:" not in text
         await pilot.press("r", "r")  # with, then alone again: the body says so
+        await settle(pilot)
         text = dialog_text(pilot.app)
         assert "with referrers" not in text and "2 tags, 1 manifest would be deleted" in text
         await pilot.press("y")
@@ -432,6 +435,7 @@ def test_reference_registry_refuses_deleting_referrers_and_says_why(reference):
         text = dialog_text(pilot.app)
         assert "Referrers: this registry has no referrers API" in text
         await pilot.press("r")
+        await settle(pilot)
         text = dialog_text(pilot.app)
         assert "Cannot delete the referrers: this registry has no referrers API" in text
         assert "with referrers" not in text and "2 tags, 1 manifest would be deleted" in text
