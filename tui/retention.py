@@ -192,15 +192,22 @@ def find_referrers(client: RegistryClient, repository: str, subjects: Iterable[s
     level = list(dict.fromkeys(subjects))
     seen = set(level)
     levels: list[dict[str, dict]] = []
+    answers: dict[str, list[dict] | None] = {}
+    if level:  # one subject first, alone: a registry without the API answers 404, and the rest need not be asked
+        answers[level[0]] = client.referrers(repository, level[0])
+        if answers[level[0]] is None:
+            return None
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in range(depth):
             if not level:
                 break
+            asked = [digest for digest in level if digest not in answers]
+            answers.update(zip(asked, pool.map(lambda digest: client.referrers(repository, digest), asked)))
             found: dict[str, dict] = {}
-            for referrers in pool.map(lambda digest: client.referrers(repository, digest), level):
-                if referrers is None:
+            for subject in level:
+                if answers[subject] is None:
                     return None
-                for descriptor in referrers:
+                for descriptor in answers[subject]:
                     digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
                     if isinstance(digest, str) and digest not in seen:
                         seen.add(digest)
@@ -233,7 +240,7 @@ class ReferrerChoice:
 
 def with_referrers(client: RegistryClient, admin: bool | None, inventory: Inventory,
                    stats: dict[str, RepositoryStats], doomed: Iterable[str], manifests: Iterable[str],
-                   alone: Plan) -> ReferrerChoice | None:
+                   alone: Plan, *, kept_limit: int = KEPT_LIMIT) -> ReferrerChoice | None:
     """The deletion `alone` plans, with every referrer of the manifests it deletes (and their referrers) deleted
     before them, so a run cut short leaves no referrer without its subject. None when `alone` deletes no manifest."""
     if not alone.manifests:
@@ -258,7 +265,7 @@ def with_referrers(client: RegistryClient, admin: bool | None, inventory: Invent
         kept: set[str] = set()
         for digest in tagged - set(alone.manifests) - set(found):
             kept |= set(footprints[digest].manifests()) if digest in footprints else {digest}
-        if len(kept) > KEPT_LIMIT:
+        if len(kept) > kept_limit:
             kept_referrers: dict[str, dict] = {}
             note = "Too many manifests stay to ask which blobs their referrers use: the bytes are an upper bound."
         else:
