@@ -91,12 +91,12 @@ def docker_credentials(host: str, env: Mapping[str, str]) -> tuple[Credentials |
     credentials, and `auths` in the file is not read then."""
     path, config = docker_config(env)
     helpers = config.get("credHelpers") or {}
-    helper = next((name for key, name in helpers.items() if host_of(key) == host and name), None) \
-        if isinstance(helpers, dict) else None
-    setting = "credHelpers"
-    if helper is None and config.get("credsStore"):
-        helper, setting = config["credsStore"], "credsStore"
-    if helper is not None:
+    if not isinstance(helpers, dict):
+        raise SettingsError(f"{path}: credHelpers is not an object")
+    # An entry for the host wins over credsStore, even an empty one: docker then reads the file for that host.
+    helper, setting = next(((name, "credHelpers") for key, name in helpers.items() if host_of(key) == host),
+                           (config.get("credsStore"), "credsStore"))
+    if helper:
         return run_helper(str(helper), host, env, f"{setting} in {path}"), f"docker-credential-{helper}"
     return file_credentials(path, config.get("auths") or {}, host), "docker config.json"
 

@@ -45,6 +45,13 @@ def test_a_per_registry_helper_wins_over_creds_store(tmp_path):
     assert resolve("https://reg.example", env=env).credentials == Credentials("eve", "e")
     assert special.read_text() == f"get {HOST}\n"
     assert everything.read_text() == "get reg.example\n"
+    # an empty entry for a host opts it out of credsStore: docker reads the file for it
+    auth = base64.b64encode(b"carol:c").decode()
+    env = docker_environment(tmp_path, {"credsStore": "everything", "credHelpers": {HOST: ""},
+                                        "auths": {HOST: {"auth": auth}}})
+    connection = resolve(f"http://{HOST}", env=env)
+    assert (connection.credentials, connection.source) == (Credentials("carol", "c"), "docker config.json")
+    assert everything.read_text() == "get reg.example\n"
 
 
 def test_not_found_in_the_helper_is_no_credentials_and_the_file_is_not_read(tmp_path):
