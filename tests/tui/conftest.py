@@ -187,7 +187,8 @@ def json_error(error, request: httpx.Request) -> httpx.Response:
 
 class Transport(httpx.BaseTransport):
     """The real app through httpx.WSGITransport, with what a test needs around it: a server that is down
-    (`down`: connection refused), a slow one (`delay` seconds before each request), and every request it
+    (`down`: connection refused), a slow one (`delay` seconds before each request; or `held`: every request waits
+    until the test sets the event), and every request it
     answered, with the status, in `log`.
 
     `like_distribution=True` answers as the reference registry (Distribution 2.8) does where Dockyard does more:
@@ -199,6 +200,7 @@ class Transport(httpx.BaseTransport):
         self.like_distribution = like_distribution
         self.down = False
         self.delay = 0.0
+        self.held: threading.Event | None = None
         self.log: list[tuple[httpx.Request, int]] = []
         self.lock = threading.Lock()
 
@@ -207,6 +209,8 @@ class Transport(httpx.BaseTransport):
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         if self.delay:
             time.sleep(self.delay)
+        if self.held is not None and not self.held.wait(timeout=60):
+            raise httpx.ReadTimeout("held for 60s: the test never let the request go", request=request)
         response = self.distribution_answer(request) or self.wsgi.handle_request(request)
         with self.lock:
             self.log.append((request, response.status_code))
@@ -341,23 +345,28 @@ async def settle(pilot, timeout: float = 15) -> None:
     """Wait until every worker has finished, the messages they posted have been handled, and the screen has
     painted the result.
 
-    It lets the app run (asyncio.sleep) and only then calls pilot.pause(), which paints at once: a paint forced
-    between a DataTable's new rows and its column widths (computed when it is next idle, and pilot.pause() judges
-    idleness by this process's CPU time, which a loaded machine starves) leaves lines drawn with the old widths in
-    the table's line cache, and a dialog opened over the screen then shows them."""
+    Messages are handled first (pilot._wait_for_screen), the paint is forced (pilot.pause) only once nothing is
+    pending: pilot.pause() paints at once, and it judges idleness by this process's CPU time, which a loaded
+    machine starves. A paint forced between a DataTable's new rows and its column widths (computed when it is next
+    idle) leaves lines drawn with the old widths in the table's line cache, and a dialog opened over the screen then
+    shows them."""
     from textual.worker import WorkerState
+
+    def busy() -> list:
+        return [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+
     deadline = time.monotonic() + timeout
     while True:
-        await asyncio.sleep(0.02)
-        busy = [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
-        if not busy and not painting(pilot.app):
+        await asyncio.sleep(0.02)  # the app runs: messages posted from worker threads land, idle work is done
+        await pilot._wait_for_screen()
+        if not busy() and not painting(pilot.app):
             await pilot.pause()
-            if not painting(pilot.app) and not any(
-                    w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in pilot.app.workers):
+            await pilot._wait_for_screen()
+            if not busy() and not painting(pilot.app):
                 await pilot.pause()
                 return
         if time.monotonic() > deadline:
-            raise AssertionError(f"workers still running or the screen still painting after {timeout}s: {busy}")
+            raise AssertionError(f"workers still running or the screen still painting after {timeout}s: {busy()}")
 
 
 def screen_text(app) -> str:
