@@ -66,9 +66,12 @@ class Credentials:
     username: str | None = None
     password: str | None = None
     token: str | None = None  # a bearer token given as is (e.g. from a flag); used before any challenge
+    # What `docker login` keeps instead of a password when the token service gives one (`identitytoken` in
+    # config.json, `<token>` from a credential helper): an OAuth2 refresh token, exchanged at the realm.
+    identity_token: str | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
-        return bool(self.username or self.token)
+        return bool(self.username or self.token or self.identity_token)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class GCResult:
 
 # -- auth ----------------------------------------------------------------------------------------------------------
 
+CLIENT_ID = "registry-tui"  # OAuth2 client_id sent with a refresh-token grant (docker sends "docker")
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -139,8 +143,9 @@ def _scope_hint(request: httpx.Request) -> tuple[str, str]:
 
 class RegistryAuth(httpx.Auth):
     """Basic and bearer auth. On `401 WWW-Authenticate: Bearer realm,service,scope` it GETs the realm with the
-    basic credentials, takes `token` (or `access_token`) and retries; tokens are cached per scope, and the scope
-    last needed for a repository is remembered so the next request goes with its token at once."""
+    basic credentials (or, holding an identity token, POSTs it there as docker does: `grant_type=refresh_token`),
+    takes `token` (or `access_token`) and retries; tokens are cached per scope, and the scope last needed for a
+    repository is remembered so the next request goes with its token at once."""
 
     def __init__(self, credentials: Credentials, token_client: httpx.Client, clock: Callable[[], float] = time.time):
         self.credentials = credentials
@@ -198,13 +203,19 @@ class RegistryAuth(httpx.Auth):
 
     def _fetch_token(self, params: dict) -> str:
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
-        headers = {}
-        if self._basic():
-            headers["Authorization"] = self._basic()
+        identity = self.credentials.identity_token
         try:
-            r = self.token_client.get(params["realm"], params=query, headers=headers)
+            if identity:
+                form = {"grant_type": "refresh_token", "refresh_token": identity, "client_id": CLIENT_ID, **query}
+                r = self.token_client.post(params["realm"], data=form)
+            else:
+                headers = {"Authorization": self._basic()} if self._basic() else {}
+                r = self.token_client.get(params["realm"], params=query, headers=headers)
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach the token service {params['realm']}: {_reason(exc)}") from None
+        if identity and r.status_code in (400, 401, 403):
+            raise AuthFailed(f"the token service refused the identity token ({r.status_code}): it may have expired "
+                             "or been revoked; `docker login` again", status=r.status_code)
         if r.status_code in (401, 403):
             who = f"user {self.credentials.username!r}" if self.credentials.username else "anonymous access"
             raise AuthFailed(f"the token service refused {who} ({r.status_code}): check the credentials",
@@ -293,6 +304,9 @@ class RegistryClient:
         text = f"{method} {path}: {r.status_code} {code or ''} {message}".replace("  ", " ").strip()
         if r.status_code == 401:
             hint = "wrong credentials" if self.credentials else "this registry needs credentials (--username)"
+            basic = parse_challenge(r.headers.get("WWW-Authenticate", ""))[0] == "basic"
+            if basic and self.credentials.identity_token and not self.credentials.username:
+                hint = "an identity token needs a token service, and this registry asks for a user name"
             return AuthFailed(f"{text} — {hint}", status=401, code=code)
         if r.status_code == 403:
             return AuthFailed(f"{text} — not allowed for this user", status=403, code=code)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from textual.message import Message
 
 from .client import GCResult, RepositoryStats
 from .images import TagRow
-from .retention import Plan
+from .retention import Plan, ReferrerChoice
 
 
 @dataclass
@@ -40,8 +40,7 @@ class TagsDone(Message):
 
 @dataclass
 class ManifestLoaded(Message):
-    text: object  # a Rich renderable describing the manifest
-    pull: list[str] = field(default_factory=list)
+    description: object  # screens.manifest.Description: the renderables, the pull references, an index's platforms
 
 
 @dataclass
@@ -55,6 +54,7 @@ class LoadFailed(Message):
 class PlanReady(Message):
     plan: Plan
     note: str = ""
+    referrers: ReferrerChoice | None = None  # the same deletion with the manifests' referrers, where asked for
 
 
 @dataclass
