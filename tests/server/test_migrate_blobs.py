@@ -46,8 +46,11 @@ def pull_everything(client, images: dict) -> dict:
     return pulled
 
 
-def test_blobs_move_to_s3_and_back_and_the_metadata_follows(tmp_path, swift, s3_bucket, capsys):
-    on_disk = Config(data=str(tmp_path / "data"))
+def test_blobs_move_to_s3_and_back_and_the_metadata_follows(tmp_path, swift, s3_bucket, capsys, test_database):
+    # Both configurations name one database explicitly: the CLI reads TOML, which the --metadata=postgresql
+    # fixture cannot redirect the way it redirects apps built here.
+    database = test_database or f"sqlite:///{tmp_path / 'data' / 'registry.db'}"
+    on_disk = Config(data=str(tmp_path / "data"), database=database)
     client = webtest.TestApp(create_app(on_disk))
     images = {}
     for i in range(3):
@@ -59,8 +62,7 @@ def test_blobs_move_to_s3_and_back_and_the_metadata_follows(tmp_path, swift, s3_
     blob_count = len({digest for _, blobs in before.values() for digest in blobs})
     client.app.registry.close()
 
-    s3 = dataclasses.replace(on_disk, database=f"sqlite:///{tmp_path / 'data' / 'registry.db'}",
-                             data=str(tmp_path / "s3-node"),
+    s3 = dataclasses.replace(on_disk, data=str(tmp_path / "s3-node"),
                              storage=StorageConfig(driver="s3", bucket=s3_bucket, endpoint_url=swift.endpoint,
                                                    region=swift.region, path_style=True,
                                                    access_key_id=swift.access_key,
