@@ -89,6 +89,8 @@ class Config:
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
+    upstreams: tuple = _setting((), "Pull-through cache: TOML `[[upstreams]]` tables, each an upstream registry "
+                                "and the repository names it serves (see Pull-through cache). File only.")
 
     def __post_init__(self) -> None:
         try:
@@ -153,7 +155,28 @@ def _quota_entries(value: Any) -> tuple:
     return tuple(entries)
 
 
+def _upstream_entries(value: Any) -> tuple:
+    from .quotas import parse_size
+    from .upstream import check_upstreams, upstream_from_table
+
+    if not isinstance(value, list):
+        raise ConfigError("setting 'upstreams': expected a list of [[upstreams]] tables")
+    entries = []
+    for i, table in enumerate(value):
+        try:
+            entries.append(upstream_from_table(table, size_of=parse_size))
+        except ValueError as exc:
+            raise ConfigError(f"setting 'upstreams[{i}]': {exc}") from None
+    try:
+        check_upstreams(tuple(entries))
+    except ValueError as exc:
+        raise ConfigError(f"setting 'upstreams': {exc}") from None
+    return tuple(entries)
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "upstreams":
+        return _upstream_entries(value)
     if name == "middleware":
         return _middleware_entries(value)
     if name == "quotas":
@@ -208,7 +231,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX):].lower()
-            if name not in SETTINGS or name in ("middleware", "quotas"):
+            if name not in SETTINGS or name in ("middleware", "quotas", "upstreams"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():
