@@ -425,6 +425,8 @@ class UpstreamClient:
             headers = {"Retry-After": retry} if retry.isdigit() and len(retry) < 6 else {"Retry-After": "60"}
             return TooManyRequests(detail, headers=headers,
                                    message=f"the upstream {self.upstream.name} ({self.upstream.url}) limits requests")
+        if status in (401, 403) and not self.upstream.username:
+            return self.failure(f"asks for credentials and none are configured ({status})", status=status)
         if status in (401, 403):
             return self.failure(f"refused Dockyard's credentials ({status})", status=status)
         return self.failure(f"answered {status}", status=status)
