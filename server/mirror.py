@@ -609,6 +609,11 @@ class Mirror:
         fh = self.store.read(blob.key, start, length)
         return ActiveRead(fh, self.pulls.started(blob.repository))
 
+    def not_fetched_yet(self, kind: str, subject: str, detail: str) -> bool:
+        """An fsck finding that only says a cached manifest's blob or child has not been pulled yet."""
+        return (kind == "broken reference" and detail.startswith("it uses ")
+                and self.upstream_for(subject.partition("@")[0]) is not None)
+
     @staticmethod
     def fetching(blob: BlobRecord) -> bool:
         """Whether `blob` is still arriving (no redirect can serve it)."""
@@ -721,9 +726,9 @@ class Mirror:
                     freed += size
             if evicted:
                 self.count(EVICTIONS, upstream, len(evicted))
-                log.info("cache: %s over its max_size (%d bytes too many): evicted %d manifest(s), least recently "
-                         "pulled first: %s", upstream.name, excess, len(evicted),
-                         ", ".join(f"{r}@{d}" for r, d in evicted[:20]))
+                log.warning("cache: %s over its max_size (%d bytes too many): evicted %d manifest(s), least "
+                            "recently pulled first: %s", upstream.name, excess, len(evicted),
+                            ", ".join(f"{r}@{d}" for r, d in evicted[:20]))
         if evicted:
             self._collect()
         return evicted

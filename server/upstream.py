@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 from .errors import (BlobUnknown, ManifestUnknown, NameUnknown, RegistryError, TooManyRequests, UpstreamError)
 from .manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST

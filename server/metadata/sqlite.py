@@ -680,8 +680,8 @@ class SqliteMetadata(Metadata):
                     (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
                      manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
                 conn.executemany(
-                    "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) VALUES (?, ?, ?, ?)",
-                    [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
+                    "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) "
+                    "VALUES (?, ?, ?, ?)", [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
                     + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
                 conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
                                  [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])

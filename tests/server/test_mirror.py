@@ -345,8 +345,7 @@ def test_a_blob_whose_bytes_do_not_match_its_digest_is_an_error_and_caches_nothi
         assert liar.count("GET", layer) == attempt  # nothing was cached: the next pull asks again
     assert app.registry.storage_totals()["blobs"] == 0
     assert app.registry.usage().upload_sessions == 0
-    report = app.registry.fsck()
-    assert not [p for p in report.problems if p.kind != "broken reference"]
+    assert app.registry.fsck().clean  # the manifest's layer not fetched yet is no problem of a cache
     # A well-behaved blob of the same image goes through.
     assert client.get(f"/v2/hub/app/blobs/{digest_of(liar.lies.config)}").body == liar.lies.config
 
