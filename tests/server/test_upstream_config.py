@@ -124,3 +124,18 @@ def test_upstreams_come_from_the_file_only():
 ])
 def test_challenges_are_read_and_garbage_is_nothing(header, expected):
     assert parse_challenge(header) == expected
+
+
+def test_check_config_shows_the_upstreams_and_never_a_password(tmp_path, capsys):
+    from dockyard.server import cli
+
+    path = tmp_path / "dockyard.toml"
+    path.write_text('[[upstreams]]\nurl = "https://registry-1.docker.io"\nprefix = "dockerhub/"\n'
+                    'username = "me"\npassword = "hunter2-secret"\n')
+    assert cli.main(["check-config", "--config", str(path), "--data", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "upstreams = " in out and "dockerhub/" in out and "registry-1.docker.io" in out
+    assert "hunter2-secret" not in out
+    path.write_text('[[upstreams]]\nurl = "https://registry-1.docker.io"\n')
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert "upstreams[0]" in capsys.readouterr().err
