@@ -103,7 +103,7 @@ class PullLog:
     """Pull times noted in memory and written in batches: at most one write per FLUSH_INTERVAL per worker."""
 
     def __init__(self, metadata: Metadata, clock: Callable[[], float], read_only: Callable[[], bool]):
-        self._metadata = metadata
+        self.metadata = metadata
         self._clock = clock
         self._read_only = read_only
         self._lock = threading.Lock()
@@ -149,7 +149,7 @@ class PullLog:
         if not batch or self._read_only():
             return
         try:
-            self._metadata.record_pulls([(repository, digest, at) for (repository, digest), at in batch.items()])
+            self.metadata.record_pulls([(repository, digest, at) for (repository, digest), at in batch.items()])
         except RegistryError as exc:  # eviction order is all that is lost
             log.warning("pull times not recorded: %s", exc.message)
 

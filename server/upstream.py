@@ -272,7 +272,6 @@ class UpstreamClient:
         self._pid = 0
         self._lock = threading.Lock()
         self._scheme = ""  # learned from the first challenge: "basic" or "bearer"
-        self._bearer: dict[str, str] = {}  # the realm, service of the last bearer challenge
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, monotonic expiry)
 
     # -- plumbing --------------------------------------------------------------------------------------------------

@@ -685,3 +685,32 @@ def test_a_token_service_that_misbehaves_is_a_502(hostile, make_cache):
     hostile.routes["/v2/library/a/"] = ("429 Too Many Requests", [("Retry-After", "99999999999")], b"{}")
     limited = client.get("/v2/hub/a/manifests/1", headers=ACCEPT, status=429)
     assert limited.headers["Retry-After"] == "60" and limited.json["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
+# -- pull times ------------------------------------------------------------------------------------------------------
+
+def test_pull_times_are_written_in_batches_not_once_per_pull(upstream, up, make_cache, clock):
+    data, digest = push_image(up, "library/alpine", "3")
+    client, app = make_cache(hub(upstream))
+    pulls = app.registry.mirror.pulls
+    batches = []
+
+    class Counting:  # the metadata as the pull log sees it, each of its writes recorded
+        def __init__(self, metadata):
+            self.metadata = metadata
+
+        def record_pulls(self, batch):
+            batches.append(sorted(batch))
+            self.metadata.record_pulls(batch)
+
+    pulls.metadata = Counting(pulls.metadata)
+    for _ in range(20):
+        client.get("/v2/hub/alpine/manifests/3", headers=ACCEPT)
+        for blob_digest in blobs_of(data):
+            client.get(f"/v2/hub/alpine/blobs/{blob_digest}")
+    assert batches == []  # 80 pulls, no write yet
+    clock.now += 2
+    client.get("/v2/hub/alpine/manifests/3", headers=ACCEPT)  # the first pull after the interval writes them all
+    assert batches == [[("hub/alpine", "", clock.now - 2), ("hub/alpine", digest, clock.now)]]
+    app.registry.mirror.maintain()  # the background job: nothing new to write
+    assert len(batches) == 1
