@@ -269,7 +269,13 @@ class BlobFetch:
                     return
                 self.size = download.size
                 self._signal("leading")
-                self._fill(download)
+                filled = self._fill(download)
+            self._done.set()
+            if filled:  # outside the lock: the requests waiting for this blob need not wait for an eviction
+                try:
+                    mirror.after_fetch(self.upstream)
+                except Exception:  # the blob is cached; the next look at the cap (every few seconds) tries again
+                    log.exception("cache: keeping %s within its max_size failed", self.upstream.name)
         except BaseException as exc:  # the lock itself failed (the database), or a bug: said, never swallowed
             if not self._ready.is_set():
                 self._signal(exc if isinstance(exc, RegistryError) else Unavailable(
@@ -302,7 +308,7 @@ class BlobFetch:
         except queue.Full:
             self.detach()
 
-    def _fill(self, download: BlobDownload) -> None:
+    def _fill(self, download: BlobDownload) -> bool:
         mirror, store, metadata = self.mirror, self.mirror.store, self.mirror.metadata
         session_id = mirror.new_id()
         state = UploadState()
@@ -333,7 +339,7 @@ class BlobFetch:
                 mirror.upstream_failed(self.upstream, exc)
             log.warning("cache: %s@%s not cached: %s", self.name, self.digest, exc.message)
             self._finish(exc)
-            return
+            return False
         finally:
             download.close()
         try:
@@ -342,13 +348,13 @@ class BlobFetch:
             store.delete(stored.key)
             metadata.delete_upload(session_id)
             self._finish(exc)
-            return
+            return False
         if redundant is not None:
             store.delete(redundant)
         mirror.count(MISSES, self.upstream, kind="blob")
         mirror.count(FETCHED_BYTES, self.upstream, stored.size, kind="blob")
         self._finish(None)
-        mirror.after_fetch(self.upstream)
+        return True
 
 
 class TeeSource:
