@@ -213,12 +213,20 @@ class BlobFetch:
         digest is verified and the blob recorded; otherwise the body ends short (the client sees an error)."""
         held = None
         self._reading.set()
+        idle = 0
         try:
             while True:
                 try:
-                    item = self._blocks.get(timeout=self.upstream.timeout + 30)
+                    item = self._blocks.get(timeout=1.0)
                 except queue.Empty:
-                    raise self.mirror.client(self.upstream).failure("the blob's download stalled") from None
+                    if self._client_gone.is_set():  # the fill went on without this client: its copy is short
+                        raise self.mirror.client(self.upstream).failure(
+                            "the client read too slowly to be sent the blob while it was cached: pull again") from None
+                    idle += 1
+                    if idle > self.upstream.timeout + 30:
+                        raise self.mirror.client(self.upstream).failure("the blob's download stalled") from None
+                    continue
+                idle = 0
                 if item is _END:
                     if self.error is not None:
                         raise self.error

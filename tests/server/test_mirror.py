@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 
@@ -714,3 +715,22 @@ def test_pull_times_are_written_in_batches_not_once_per_pull(upstream, up, make_
     assert batches == [[("hub/alpine", "", clock.now - 2), ("hub/alpine", digest, clock.now)]]
     app.registry.mirror.maintain()  # the background job: nothing new to write
     assert len(batches) == 1
+
+
+def test_a_first_client_too_slow_to_read_does_not_hold_the_fill_back(upstream, up, make_cache):
+    big = os.urandom(200 * 1024)
+    data, _ = push_image(up, "library/slow", "1", layers=(big,))
+    _, app = make_cache(hub(upstream), io_block_size=4096, body_timeout=1)
+    registry, layer = app.registry, blobs_of(data)[1]
+    body = registry.read_blob(registry.blob("hub/slow", layer, pull=True))
+    blocks = iter(body)
+    first = next(blocks)  # then it stops reading: the fill buffers 16 blocks, waits a second, goes on without it
+    deadline = time.monotonic() + 20
+    while registry.blob("hub/slow", layer).cache != "hit" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stored = registry.read_blob(registry.blob("hub/slow", layer, pull=True))
+    assert b"".join(iter(lambda: stored.read(65536), b"")) == big  # cached whole, for everyone else
+    stored.close()
+    with pytest.raises(UpstreamError, match="read too slowly"):
+        first += b"".join(blocks)  # its own copy would be short: it gets an error, never a wrong blob
+    body.close()
