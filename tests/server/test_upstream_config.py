@@ -2,9 +2,13 @@
 ConfigError that names the upstream and the key."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dockyard.server.config import ConfigError, load_config
-from dockyard.server.upstream import Upstream, parse_challenge
+from dockyard.server.quotas import parse_size
+from dockyard.server.upstream import (Upstream, UpstreamClient, check_upstreams, parse_challenge,
+                                      upstream_from_table)
 
 
 def load(tmp_path, text: str):
@@ -139,3 +143,41 @@ def test_check_config_shows_the_upstreams_and_never_a_password(tmp_path, capsys)
     path.write_text('[[upstreams]]\nurl = "https://registry-1.docker.io"\n')
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert "upstreams[0]" in capsys.readouterr().err
+
+
+# -- every parser of what an upstream or a config file says, fed arbitrary input --------------------------------------
+
+PROPERTY = settings(max_examples=300, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40)),
+                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                  max_size=4), max_leaves=10)
+KEYS = st.sampled_from(["url", "prefix", "namespaces", "name", "library", "username", "password", "tls_verify",
+                        "freshness", "max_size", "timeout", "ca_bundle", "other"])
+
+
+@PROPERTY
+@given(st.one_of(VALUES, st.dictionaries(KEYS, st.one_of(VALUES, st.just("https://h"), st.just("a/"),
+                                                          st.just(["library"])), max_size=6)))
+def test_any_upstream_table_is_an_upstream_or_a_value_error(table):
+    try:
+        upstream = upstream_from_table(table, size_of=parse_size)
+    except ValueError:
+        return
+    check_upstreams((upstream,))
+    assert upstream.url.startswith(("http://", "https://")) and upstream.scopes
+
+
+@PROPERTY
+@given(st.text(max_size=300))
+def test_any_challenge_is_read_or_nothing(header):
+    scheme, params = parse_challenge(header)
+    assert isinstance(scheme, str) and all(isinstance(k, str) and isinstance(v, str) for k, v in params.items())
+
+
+@PROPERTY
+@given(st.one_of(st.none(), st.text(max_size=300), st.builds(lambda path: f'<{path}>; rel="next"', st.text())))
+def test_a_next_link_is_followed_only_on_the_upstream(header):
+    client = UpstreamClient(Upstream("up", "http://127.0.0.1:5000", prefix="a/"))
+    following = client._next_link(header)
+    assert following is None or following.startswith("/v2/")
