@@ -261,7 +261,7 @@ class BlobFetch:
     def _run(self) -> None:
         mirror = self.mirror
         try:
-            with mirror.metadata.lock(self.lock_name, blocking=False) as held:
+            with mirror.metadata.lock(self.lock_name, blocking=False, transient=True) as held:
                 if not held:
                     self._signal("busy")
                     return
@@ -464,10 +464,10 @@ class Mirror:
 
     def _once(self, lock_name: str, lookup: Callable[[], object], fetch: Callable[[], object]):
         """`fetch` by one request at a time across workers and nodes; those that waited find what it stored."""
-        with self.metadata.lock(lock_name, blocking=False) as held:
+        with self.metadata.lock(lock_name, blocking=False, transient=True) as held:
             if held:
                 return lookup() or fetch()
-        with self.metadata.lock(lock_name):
+        with self.metadata.lock(lock_name, transient=True):
             return lookup() or fetch()
 
     def close(self) -> None:
@@ -593,7 +593,7 @@ class Mirror:
                 else:
                     return CachedBlob(str(parsed), fetch_.size, "", repository=name, cache="miss", fetch=fetch_)
             elif outcome == "busy":  # another worker or node is fetching it: wait for it to be done
-                with self.metadata.lock(fetch_.lock_name):
+                with self.metadata.lock(fetch_.lock_name, transient=True):
                     pass
             record = self.metadata.blob(name, str(parsed))
             if record is not None:

@@ -247,9 +247,10 @@ class Metadata(ABC):
         repository, a manifest without its bytes, a manifest naming a blob or child its repository does not hold."""
 
     @abstractmethod
-    def lock(self, name: str, *, blocking: bool = True) -> AbstractContextManager[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> AbstractContextManager[bool]:
         """An exclusive lock shared by every process using this metadata (garbage collection, upload purge): the
-        context's value says whether it is held (always True when `blocking`)."""
+        context's value says whether it is held (always True when `blocking`). `transient`: one of many names
+        used once or twice (the pull-through cache takes one per blob), so nothing of it may stay behind."""
 
     # -- pull-through cache --------------------------------------------------------------------------------------
 

@@ -918,7 +918,8 @@ class PostgresMetadata(Metadata):
             last = rows[-1][0]
 
     @contextmanager
-    def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> Iterator[bool]:
+        # An advisory lock leaves nothing behind, transient or not.
         conn = self._direct_connection()
         try:
             try:

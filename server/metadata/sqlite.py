@@ -635,10 +635,29 @@ class SqliteMetadata(Metadata):
                     "not hold") for name, digest, child, kind in dangling])
 
     @contextmanager
-    def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
-        # A file per name, there only while someone holds or waits for it (the pull-through cache locks one name
-        # per digest): the holder removes it before unlocking, and whoever then gets the lock of a removed file
-        # tries again on the path's new one.
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> Iterator[bool]:
+        if transient:
+            with self._transient_lock(name, blocking) as held:
+                yield held
+            return
+        fd = os.open(f"{self.path}.{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _transient_lock(self, name: str, blocking: bool) -> Iterator[bool]:
+        """A lock whose file is there only while someone holds or waits for it: the holder removes it before
+        unlocking, and whoever then gets the lock of a removed file tries again on the path's new one."""
         path = f"{self.path}.{name}.lock"
         while True:
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)

@@ -438,10 +438,10 @@ def test_locks_leave_no_files_behind_and_exclude_across_handles(metadata, tmp_pa
     order = []
 
     def second_holder():
-        with metadata.lock(name) as held:
+        with metadata.lock(name, transient=True) as held:
             order.append(("second", held))
 
-    with metadata.lock(name) as held:
+    with metadata.lock(name, transient=True) as held:
         assert held
         waiter = threading.Thread(target=second_holder)
         waiter.start()
@@ -450,6 +450,8 @@ def test_locks_leave_no_files_behind_and_exclude_across_handles(metadata, tmp_pa
         order.append(("first", True))
     waiter.join(10)
     assert order == [("first", True), ("second", True)]
-    with metadata.lock(name, blocking=False) as held:
+    with metadata.lock(name, blocking=False, transient=True) as held:
         assert held
+        with metadata.lock(name, blocking=False, transient=True) as again:
+            assert not again
     assert not [p for p in tmp_path.rglob("*.lock") if name in p.name]
