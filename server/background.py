@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable
 
+from .mirror import FLUSH_INTERVAL
 from .registry import Registry
 
 log = logging.getLogger("dockyard")
@@ -32,6 +33,8 @@ class BackgroundJobs:
         jobs = [("upload-purge", min(PURGE_INTERVAL, config.upload_max_age / 4), self._purge)]
         if config.gc_interval:
             jobs.append(("gc-schedule", float(config.gc_interval), self._collect))
+        if self.registry.mirror is not None:  # pull times written in batches, cached upstreams kept to max_size
+            jobs.append(("cache", FLUSH_INTERVAL, self.registry.mirror.maintain))
         return jobs
 
     def start(self) -> None:

@@ -149,6 +149,8 @@ class Config:
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
+    upstreams: tuple = _setting((), "Pull-through cache: TOML `[[upstreams]]` tables, each an upstream registry "
+                                "and the repository names it serves (see Pull-through cache). File only.")
 
     def __post_init__(self) -> None:
         try:
@@ -234,7 +236,28 @@ def _storage_table(value: Any) -> dict:
     return {key: _coerce(f"storage.{key}", item) for key, item in value.items()}
 
 
+def _upstream_entries(value: Any) -> tuple:
+    from .quotas import parse_size
+    from .upstream import check_upstreams, upstream_from_table
+
+    if not isinstance(value, list):
+        raise ConfigError("setting 'upstreams': expected a list of [[upstreams]] tables")
+    entries = []
+    for i, table in enumerate(value):
+        try:
+            entries.append(upstream_from_table(table, size_of=parse_size))
+        except ValueError as exc:
+            raise ConfigError(f"setting 'upstreams[{i}]': {exc}") from None
+    try:
+        check_upstreams(tuple(entries))
+    except ValueError as exc:
+        raise ConfigError(f"setting 'upstreams': {exc}") from None
+    return tuple(entries)
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "upstreams":
+        return _upstream_entries(value)
     if name == "middleware":
         return _middleware_entries(value)
     if name == "quotas":
@@ -295,7 +318,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
             if name.startswith("storage_") and name.removeprefix("storage_") in STORAGE_SETTINGS:
                 storage_environ[name.removeprefix("storage_")] = value
                 continue
-            if name not in SETTINGS or name in ("middleware", "quotas", "storage"):
+            if name not in SETTINGS or name in ("middleware", "quotas", "storage", "upstreams"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():

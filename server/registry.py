@@ -24,6 +24,7 @@ from .fsck import FsckReport, fsck
 from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata
+from .mirror import Mirror
 from .model import (BlobRecord, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadLimits, UploadSession,
                     UploadState)
 from .names import Digest, parse_digest, parse_reference
@@ -69,29 +70,41 @@ class Registry:
         self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
         self._manifest_bytes = BoundedCache(max_bytes=MANIFEST_CACHE_BYTES)
         self._read_only_checked = (-1.0, False)
+        # The pull-through cache (issue 16): the repositories `[[upstreams]]` serve are read and filled there.
+        self.mirror = Mirror(config, store, metadata, collect=self.collect_garbage, read_only=self.read_only,
+                             clock=clock, new_id=new_id) if config.upstreams else None
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
-    def blob(self, name: str, digest: str) -> BlobRecord:
-        """A blob readable in `name`; BLOB_UNKNOWN otherwise."""
+    def blob(self, name: str, digest: str, *, pull: bool = False) -> BlobRecord:
+        """A blob readable in `name`; BLOB_UNKNOWN otherwise. `pull`: the caller will read it (a cached repository
+        fetches it from its upstream then)."""
+        if self._cached(name):
+            return self.mirror.blob(name, digest, fetch=pull)
         record = self._metadata.blob(name, str(parse_digest(digest)))
         if record is None:
             raise BlobUnknown({"digest": digest})
         return record
 
     def read_blob(self, blob: BlobRecord, start: int = 0, length: int | None = None) -> BinaryIO:
+        if self._cached(getattr(blob, "repository", None)):
+            return self.mirror.read(blob, start, length)
         return self._store.read(blob.key, start, length)
 
     def blob_redirect(self, blob: BlobRecord) -> Redirect | None:
         """Where the client or the proxy in front fetches the bytes itself, when the store is set up for it."""
+        if self.mirror is not None and self.mirror.fetching(blob):
+            return None
         return self._store.redirect(blob.key, blob.digest, blob.size)
 
     def delete_blob(self, name: str, digest: str) -> None:
+        self._writable(name)
         if not self._metadata.unlink_blob(name, str(parse_digest(digest))):
             raise BlobUnknown({"digest": digest})
 
     def mount(self, name: str, source: str, digest: str) -> BlobRecord | None:
         """Cross-repository mount; None when the blob is not readable in `source` (the caller opens a session)."""
+        self._writable(name)
         try:
             parsed = parse_digest(digest)
         except DigestInvalid:
@@ -102,6 +115,7 @@ class Registry:
 
     def start_upload(self, name: str, owner: str | None = None) -> UploadSession:
         """Open a session for `owner` (the user asking; None for anonymous callers)."""
+        self._writable(name)
         session_id = self._new_id()
         # The row first: the store never holds bytes nobody records.
         self._metadata.create_upload(name, session_id, owner=owner, limits=self.upload_limits)
@@ -120,6 +134,7 @@ class Registry:
 
     def append_upload(self, name: str, session_id: str, body: Body) -> UploadSession:
         """A PATCH: append the body to the session, in order."""
+        self._writable(name)
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)  # read under the lock: another worker may have moved it
             self._check_range(session, body)
@@ -129,6 +144,7 @@ class Registry:
 
     def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body) -> StoredBlob:
         """The closing PUT: append an optional last chunk, verify the digest, commit the blob."""
+        self._writable(name)
         if not digest:
             self._session(name, session_id)  # an unknown session is 404 before a missing digest is 400
             raise DigestInvalid({"reason": "the closing PUT needs ?digest="}, message="digest missing")
@@ -143,6 +159,7 @@ class Registry:
         return self._record(name, stored, session_id)
 
     def cancel_upload(self, name: str, session_id: str) -> None:
+        self._writable(name)
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)
             self._metadata.delete_upload(session_id)
@@ -150,6 +167,7 @@ class Registry:
 
     def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None) -> StoredBlob:
         """POST ...?digest= with the whole blob as the body: a session of one request."""
+        self._writable(name)
         parsed = parse_digest(digest)
         self._check_room(name, 0, body)
         session_id = self._new_id()
@@ -215,6 +233,20 @@ class Registry:
             raise RangeInvalid({"Content-Range": body.content_range[:100], "Content-Length": body.length},
                                message="Content-Range does not match Content-Length")
 
+    # -- the pull-through cache ----------------------------------------------------------------------------------
+
+    def _cached(self, name: str | None) -> bool:
+        return self.mirror is not None and name is not None and self.mirror.upstream_for(name) is not None
+
+    def _writable(self, name: str) -> None:
+        """Names served from an upstream are read-only: a push there would plant content for every puller."""
+        if self.mirror is not None:
+            self.mirror.refuse_write(name)
+
+    def upstream_of(self, name: str) -> dict | None:
+        """Where a cached repository comes from (None for any other)."""
+        return self.mirror.describe(name) if self.mirror is not None else None
+
     # -- quotas and read-only mode -------------------------------------------------------------------------------
 
     def quotas_for(self, name: str) -> tuple[Quota, ...]:
@@ -256,6 +288,7 @@ class Registry:
     # -- manifests -----------------------------------------------------------------------------------------------
 
     def put_manifest(self, name: str, reference: str, data: bytes, content_type: str | None) -> StoredManifest:
+        self._writable(name)
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
             digest = Digest.of(data, ref.algorithm)
@@ -274,7 +307,9 @@ class Registry:
         """A manifest by tag or digest. Its bytes come from a per-process cache by digest (content never changes
         under a digest); presence is always checked in the metadata."""
         ref = self._lookup_reference(reference)
-        if isinstance(ref, Digest):
+        if self._cached(name):
+            record = self.mirror.manifest(name, ref)
+        elif isinstance(ref, Digest):
             record = self._metadata.manifest(name, digest=str(ref))
         else:
             record = self._metadata.manifest(name, tag=ref)
@@ -295,6 +330,7 @@ class Registry:
 
     def delete_manifest(self, name: str, reference: str) -> None:
         """By digest: the manifest and its tags go. By tag: only that tag goes."""
+        self._writable(name)
         ref = self._lookup_reference(reference)
         deleted = (self._metadata.delete_manifest(name, str(ref)) if isinstance(ref, Digest)
                    else self._metadata.delete_tag(name, ref))
@@ -313,17 +349,23 @@ class Registry:
             raise ManifestUnknown({"reference": reference[:300], "reason": "not a valid tag"}) from None
 
     def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[dict]:
+        if self._cached(name):
+            return self.mirror.referrers(name, str(parse_digest(digest)), artifact_type)
         return self._metadata.referrers(name, str(parse_digest(digest)), artifact_type)
 
     # -- listings ------------------------------------------------------------------------------------------------
 
     def tags_version(self, name: str) -> int:
+        if self._cached(name):
+            return self.mirror.tags_version(name)
         version = self._metadata.tags_version(name)
         if version is None:
             raise NameUnknown({"name": name})
         return version
 
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        if self._cached(name):
+            return self.mirror.tags(name, n, last)
         page = self._metadata.tags(name, n, last)
         if page is None:
             raise NameUnknown({"name": name})
@@ -387,8 +429,12 @@ class Registry:
 
     def fsck(self, *, repair: bool = False, verify_digests: bool = False, grace: float | None = None) -> FsckReport:
         """Whether the metadata and the blob store agree both ways (see `fsck`); with `repair`, what is safe."""
-        return fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
-                    grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
+        report = fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
+                      grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
+        if self.mirror is not None:  # a cached manifest's blobs and children arrive when pulled: no problem
+            report.problems = [p for p in report.problems if not self.mirror.not_fetched_yet(p.kind, p.subject,
+                                                                                           p.detail)]
+        return report
 
     def copy_blobs_from(self, source: BlobStore, progress=None) -> CopyReport:
         """Copy every blob from `source` (another store) into this registry's store and point its rows there."""
@@ -415,6 +461,8 @@ class Registry:
         return self._metadata.usage()
 
     def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
         self._metadata.close()
         self._store.close()
 

@@ -96,6 +96,7 @@ class RepositoryStats:
     manifests: int
     unique_bytes: int
     shared_bytes: int
+    upstream: str = ""  # a pull-through cached repository: the URL of the registry it is cached from
 
 
 @dataclass
@@ -254,6 +255,12 @@ def next_link(response: httpx.Response) -> str | None:
             if match:
                 return urljoin(str(response.request.url), match.group(1))
     return None
+
+
+def _upstream_url(row: dict) -> str:
+    upstream = row.get("upstream")
+    url = upstream.get("url") if isinstance(upstream, dict) else None
+    return url if isinstance(url, str) else ""
 
 
 class RegistryClient:
@@ -435,7 +442,7 @@ class RegistryClient:
     def repositories(self, page_size: int = 1000) -> Iterator[list[RepositoryStats]]:
         for _, body in self._pages(f"{ADMIN}/repositories", {"n": page_size}):
             yield [RepositoryStats(r["name"], int(r.get("tags", 0)), int(r.get("manifests", 0)),
-                                   int(r.get("unique_bytes", 0)), int(r.get("shared_bytes", 0)))
+                                   int(r.get("unique_bytes", 0)), int(r.get("shared_bytes", 0)), _upstream_url(r))
                    for r in body.get("repositories") or []]
 
     def tag_stats(self, repository: str, page_size: int = 1000) -> Iterator[list[TagStats]]:

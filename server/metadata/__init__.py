@@ -66,6 +66,13 @@ class Lifecycle(ABC):
     def delete_upload(self, session_id: str) -> None:
         """Forget a session (the caller throws its bytes away after the transaction)."""
 
+    @abstractmethod
+    def evict_manifest(self, repository: str, digest: str, active_after: float) -> list[str]:
+        """Pull-through cache eviction: delete a cached manifest with its tags, and its child manifests no other
+        manifest of the repository names, unless the repository was pulled from (or fetched into) after
+        `active_after`; the repository's links no manifest uses any more become collectable at once (the sweeps
+        free them). The digests deleted (none: the repository is in use)."""
+
 
 class Metadata(ABC):
     driver: str = ""
@@ -248,9 +255,38 @@ class Metadata(ABC):
         repository, a manifest without its bytes, a manifest naming a blob or child its repository does not hold."""
 
     @abstractmethod
-    def lock(self, name: str, *, blocking: bool = True) -> AbstractContextManager[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> AbstractContextManager[bool]:
         """An exclusive lock shared by every process using this metadata (garbage collection, upload purge): the
-        context's value says whether it is held (always True when `blocking`)."""
+        context's value says whether it is held (always True when `blocking`). `transient`: one of many names
+        used once or twice (the pull-through cache takes one per blob), so nothing of it may stay behind."""
+
+    # -- pull-through cache --------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def cache_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
+        """Store a manifest fetched from an upstream in a cached repository and point `tag` at it, confirmed now,
+        without put_manifest's check that its blobs and children are here (a cache fetches them when they are
+        asked for; once stored, the manifest's references keep them from garbage collection). Records a pull."""
+
+    @abstractmethod
+    def cached_tag(self, repository: str, tag: str) -> tuple[ManifestRecord, float | None] | None:
+        """The manifest a tag names and when the upstream last confirmed it (None: never), in one read."""
+
+    @abstractmethod
+    def confirm_cached_tag(self, repository: str, tag: str) -> None:
+        """The upstream still names the same manifest for `tag`: it is fresh from now."""
+
+    @abstractmethod
+    def record_pulls(self, pulls: Sequence[tuple[str, str, float]]) -> None:
+        """(repository, manifest digest or "" for the repository as a whole, time), in one transaction; a pull
+        time only ever moves forward."""
+
+    @abstractmethod
+    def cache_candidates(self, prefix: str, active_after: float, limit: int) -> list[tuple[str, str, float, int]]:
+        """Eviction candidates under a name prefix ("dockerhub/"): manifests no other manifest of their repository
+        names (what clients pull: images, indexes, artifacts), least recently pulled first, leaving out
+        repositories pulled from after `active_after`: (repository, digest, last pull, bytes it and its children
+        reference)."""
 
     # -- switches and events -------------------------------------------------------------------------------------
 

@@ -185,6 +185,28 @@ SELECT r.id, t.name FROM repositories r
  WHERE r.name = %(repository)s ORDER BY t.name
 """
 
+# -- the pull-through cache (see sqlite_queries for what each does) ----------------------------------------------
+CACHE_CANDIDATES = """
+WITH scope AS (SELECT id, name FROM repositories WHERE name >= %(low)s AND name < %(high)s),
+idle AS (
+    SELECT s.id, s.name FROM scope s
+     WHERE NOT EXISTS (SELECT 1 FROM cache_pulls p WHERE p.repository = s.name AND p.pulled_at > %(after)s)
+       AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = s.id AND m.created_at > %(after)s)
+)
+SELECT i.id, i.name, m.digest, GREATEST(m.created_at, COALESCE(p.pulled_at, 0)) AS last
+  FROM idle i JOIN manifests m ON m.repository_id = i.id
+  LEFT JOIN cache_pulls p ON p.repository = i.name AND p.digest = m.digest
+ WHERE NOT EXISTS (SELECT 1 FROM manifest_references x WHERE x.repository_id = i.id AND x.child = m.digest
+                    AND x.kind = 'manifest')
+ ORDER BY last, i.name, m.digest LIMIT %(limit)s
+"""
+REPOSITORY_ACTIVE = """
+SELECT EXISTS (SELECT 1 FROM cache_pulls WHERE repository = %(name)s AND pulled_at > %(after)s)
+    OR EXISTS (SELECT 1 FROM manifests WHERE repository_id = %(id)s AND created_at > %(after)s)
+"""
+CONFIRM_TAG = ("INSERT INTO cache_tags (repository, tag, checked_at) VALUES (%s, %s, %s) "
+               "ON CONFLICT (repository, tag) DO UPDATE SET checked_at = excluded.checked_at")
+
 
 def _require_driver() -> None:
     if psycopg is None:
@@ -977,7 +999,8 @@ class PostgresMetadata(Metadata):
             last = rows[-1][0]
 
     @contextmanager
-    def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> Iterator[bool]:
+        # An advisory lock leaves nothing behind, transient or not.
         conn = self._direct_connection()
         try:
             try:
@@ -1000,6 +1023,104 @@ class PostgresMetadata(Metadata):
                 pass  # the connection died: the lock went with it
         finally:
             conn.close()
+
+    # -- pull-through cache --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _cache_tables(self) -> Iterator[None]:
+        """This release on a schema-1 database (a rolling upgrade not migrated yet): cached repositories answer
+        503 with what to run, everything else serves as usual."""
+        try:
+            yield
+        except psycopg.errors.UndefinedTable:
+            raise Unavailable({"database": "schema"}, headers={"Retry-After": RETRY_AFTER},
+                              message="the pull-through cache needs the database schema of this release: "
+                                      "run `dockyard migrate`") from None
+
+    def cache_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
+        blobs = list(dict.fromkeys(manifest.blobs))
+        children = list(dict.fromkeys(manifest.manifests))
+
+        def body(cur):
+            now = self._clock()
+            repository_id = self._ensure_repository(cur, repository)
+            cur.execute("SELECT 1 FROM manifests WHERE repository_id = %s AND digest = %s",
+                        (repository_id, manifest.digest))
+            if cur.fetchone() is None:
+                cur.execute(
+                    "WITH content AS (INSERT INTO manifest_content (digest, data) VALUES (%(d)s, %(data)s) "
+                    "ON CONFLICT (digest) DO NOTHING) "
+                    "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+                    "annotations, created_at) VALUES (%(r)s, %(d)s, %(media_type)s, %(size)s, %(artifact_type)s, "
+                    "%(subject)s, %(annotations)s, %(now)s)",
+                    {"r": repository_id, "d": manifest.digest, "data": manifest.data,
+                     "media_type": manifest.media_type, "size": len(manifest.data),
+                     "artifact_type": manifest.artifact_type, "subject": manifest.subject,
+                     "annotations": json.dumps(manifest.annotations) if manifest.annotations else None, "now": now})
+                if blobs or children:
+                    cur.execute(
+                        "WITH refs AS (INSERT INTO manifest_references (repository_id, digest, child, kind) "
+                        "SELECT %(r)s, %(d)s, child, kind FROM unnest(%(children)s::TEXT[], %(kinds)s::TEXT[]) "
+                        "AS x(child, kind) ON CONFLICT DO NOTHING) "
+                        "UPDATE repository_blobs SET referenced = TRUE WHERE repository_id = %(r)s "
+                        "AND digest = ANY(%(blobs)s::TEXT[]) AND NOT referenced",
+                        {"r": repository_id, "d": manifest.digest, "children": blobs + children,
+                         "kinds": ["blob"] * len(blobs) + ["manifest"] * len(children), "blobs": blobs})
+            if tag is not None:
+                self._set_tag(cur, repository_id, tag, manifest.digest, now)
+                cur.execute(CONFIRM_TAG, (repository, tag, now))
+            cur.execute("INSERT INTO cache_pulls (repository, digest, pulled_at) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (repository, digest) DO UPDATE SET "
+                        "pulled_at = GREATEST(cache_pulls.pulled_at, excluded.pulled_at)",
+                        (repository, manifest.digest, now))
+
+        with self._cache_tables():
+            self._write(body, gc=True)
+
+    def cached_tag(self, repository: str, tag: str) -> tuple[ManifestRecord, float | None] | None:
+        def body(cur):
+            cur.execute("SELECT m.digest, m.media_type, m.size, c.checked_at FROM repositories r "
+                        "JOIN tags t ON t.repository_id = r.id "
+                        "JOIN manifests m ON m.repository_id = r.id AND m.digest = t.digest "
+                        "LEFT JOIN cache_tags c ON c.repository = r.name AND c.tag = t.name "
+                        "WHERE r.name = %s AND t.name = %s", (repository, tag))
+            return cur.fetchone()
+        with self._cache_tables():
+            row = self._read(body)
+        return (ManifestRecord(*row[:3]), row[3]) if row else None
+
+    def confirm_cached_tag(self, repository: str, tag: str) -> None:
+        with self._cache_tables():
+            self._run(lambda cur: cur.execute(CONFIRM_TAG, (repository, tag, self._clock())), retry=True)
+
+    def record_pulls(self, pulls: Sequence[tuple[str, str, float]]) -> None:
+        latest: dict[tuple[str, str], float] = {}
+        for repository, digest, at in pulls:
+            latest[(repository, digest)] = max(at, latest.get((repository, digest), at))
+        if not latest:
+            return
+        keys = sorted(latest)  # one order for every writer: concurrent batches never deadlock
+
+        def body(cur):
+            cur.execute("INSERT INTO cache_pulls (repository, digest, pulled_at) "
+                        "SELECT * FROM unnest(%s::TEXT[], %s::TEXT[], %s::DOUBLE PRECISION[]) "
+                        "ON CONFLICT (repository, digest) DO UPDATE SET "
+                        "pulled_at = GREATEST(cache_pulls.pulled_at, excluded.pulled_at)",
+                        ([r for r, _ in keys], [d for _, d in keys], [latest[k] for k in keys]))
+        with self._cache_tables():
+            self._run(body, retry=True)
+
+    def cache_candidates(self, prefix: str, active_after: float, limit: int) -> list[tuple[str, str, float, int]]:
+        def body(cur):
+            cur.execute(CACHE_CANDIDATES, {"low": prefix, "high": prefix[:-1] + "0", "after": active_after,
+                                           "limit": limit})
+            candidates = []
+            for repository_id, name, digest, last in cur.fetchall():
+                cur.execute(MANIFEST_TOTAL_SIZE, {"digest": digest, "repository": repository_id})
+                candidates.append((name, digest, last, cur.fetchone()[0]))
+            return candidates
+        with self._cache_tables():
+            return self._read(body)
 
     # -- switches and events -------------------------------------------------------------------------------------
 
@@ -1135,6 +1256,37 @@ class PostgresLifecycle(Lifecycle):
 
     def delete_upload(self, session_id: str) -> None:
         self.cur.execute("DELETE FROM uploads WHERE id = %s", (session_id,))
+
+    def evict_manifest(self, repository: str, digest: str, active_after: float) -> list[str]:
+        cur = self.cur
+        # The repository's row lock: a manifest fetched into it meanwhile waits, then sees what went.
+        cur.execute("SELECT id FROM repositories WHERE name = %s FOR UPDATE", (repository,))
+        row = cur.fetchone()
+        if row is None:
+            return []
+        repository_id = row[0]
+        cur.execute(REPOSITORY_ACTIVE, {"name": repository, "id": repository_id, "after": active_after})
+        if cur.fetchone()[0]:
+            return []
+        cur.execute("SELECT 1 FROM manifests WHERE repository_id = %s AND digest = %s", (repository_id, digest))
+        if cur.fetchone() is None:
+            return []
+        cur.execute("SELECT x.child FROM manifest_references x WHERE x.repository_id = %(r)s AND x.digest = %(d)s "
+                    "AND x.kind = 'manifest' AND NOT EXISTS (SELECT 1 FROM manifest_references o WHERE "
+                    "o.repository_id = %(r)s AND o.child = x.child AND o.kind = 'manifest' AND o.digest != %(d)s)",
+                    {"r": repository_id, "d": digest})
+        doomed = [digest] + [r[0] for r in cur.fetchall()]
+        for table in ("manifests", "tags", "manifest_references"):
+            cur.execute(f"DELETE FROM {table} WHERE repository_id = %s AND digest = ANY(%s::TEXT[])",
+                        (repository_id, doomed))
+        cur.execute("DELETE FROM cache_pulls WHERE repository = %s AND digest != '' AND digest NOT IN "
+                    "(SELECT digest FROM manifests WHERE repository_id = %s)", (repository, repository_id))
+        cur.execute("DELETE FROM cache_tags WHERE repository = %s AND tag NOT IN "
+                    "(SELECT name FROM tags WHERE repository_id = %s)", (repository, repository_id))
+        cur.execute("UPDATE repository_blobs l SET referenced = TRUE WHERE l.repository_id = %s AND NOT l.referenced "
+                    "AND NOT EXISTS (SELECT 1 FROM manifest_references x WHERE x.repository_id = l.repository_id "
+                    "AND x.child = l.digest)", (repository_id,))
+        return doomed
 
 
 _INSTANCES: "weakref.WeakSet[PostgresMetadata]" = weakref.WeakSet()

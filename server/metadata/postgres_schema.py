@@ -170,6 +170,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             allowed BOOLEAN NOT NULL
         );
     """),
+    # The pull-through cache (see sqlite_schema's 0006). A node of a release with 1 as its schema keeps serving
+    # without these tables; this release on schema 1 or 2 serves everything but cached repositories, which answer 503
+    # until `dockyard migrate` has run.
+    Migration(3, "0003_pull_through_cache", r"""
+        CREATE TABLE cache_tags (
+            repository TEXT COLLATE "C" NOT NULL,
+            tag TEXT NOT NULL,
+            checked_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (repository, tag)
+        );
+        CREATE TABLE cache_pulls (
+            repository TEXT COLLATE "C" NOT NULL,
+            digest TEXT NOT NULL,
+            pulled_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (repository, digest)
+        );
+    """),
 )
 
 CURRENT = MIGRATIONS[-1].version

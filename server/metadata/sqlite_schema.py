@@ -15,6 +15,8 @@ Never edit an applied migration: add the next number. Tables:
 - pending_deletes     storage keys of forgotten blobs whose bytes are still to be deleted (0004)
 - events              the outbox: events written in the transaction of the change they describe (0004)
 - uploads.owner       who opened a session, for the limit of open sessions per user (0005)
+- cache_tags          pull-through cache: when each tag of a cached repository was last confirmed upstream (0006)
+- cache_pulls         pull-through cache: the latest pull of each cached manifest, and of each repository (0006)
 """
 
 from __future__ import annotations
@@ -196,4 +198,31 @@ def _upload_owners(db: Database) -> None:
         ALTER TABLE uploads ADD COLUMN owner TEXT;
         CREATE INDEX uploads_repository ON uploads(repository_id);
         CREATE INDEX uploads_owner ON uploads(owner) WHERE owner IS NOT NULL;
+    """)
+
+
+@migrations(name="0006_pull_through_cache")
+def _pull_through_cache(db: Database) -> None:
+    """The pull-through cache (`dockyard.server.mirror`). Keyed by repository name, not id: rows of a repository
+    deleted and cached again meanwhile are harmless (a tag is trusted only while it exists; pull times only order
+    eviction), and eviction removes those of what it deletes.
+
+    - cache_tags: when the upstream last confirmed the manifest a cached tag names (fetched or revalidated).
+    - cache_pulls: the latest pull of a cached manifest (digest), or of anything in the repository (digest ''),
+      written in batches; eviction takes the least recently pulled first and never a repository pulled from
+      recently.
+    """
+    _run(db, """
+        CREATE TABLE cache_tags (
+            repository TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (repository, tag)
+        ) WITHOUT ROWID;
+        CREATE TABLE cache_pulls (
+            repository TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            pulled_at REAL NOT NULL,
+            PRIMARY KEY (repository, digest)
+        ) WITHOUT ROWID;
     """)

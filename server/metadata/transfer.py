@@ -37,6 +37,8 @@ TABLES: tuple[tuple[str, tuple[str, ...], dict[str, Callable]], ...] = (
     ("state", ("key", "value"), {}),
     ("pending_deletes", ("key", "created_at"), {}),
     ("events", ("id", "repository", "action", "payload", "created_at"), {}),
+    ("cache_tags", ("repository", "tag", "checked_at"), {}),
+    ("cache_pulls", ("repository", "digest", "pulled_at"), {}),
 )
 IDENTITIES = (("repositories", "id"), ("events", "id"))
 

@@ -50,6 +50,7 @@ class RepositoriesResource(Resource):
         page, more = self.registry.repository_page(n, last)
         for repository in page:
             repository["last_push"] = _rfc3339(repository["last_push"])
+            repository["upstream"] = self.registry.upstream_of(repository["name"])  # a pull-through cache's
         if more and page:
             set_next_link(resp, ADMIN_REPOSITORIES, n, page[-1]["name"])
         resp.media = {"repositories": page}

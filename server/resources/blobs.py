@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import falcon
 
+from ..mirror import CACHE_HEADER
 from ..model import BlobRecord
 from ..parsing import byte_range
 from .base import Resource
@@ -18,6 +19,8 @@ def blob_headers(resp: falcon.Response, blob: BlobRecord) -> None:
     resp.content_type = "application/octet-stream"
     resp.set_header("Docker-Content-Digest", blob.digest)
     resp.etag = f'"{blob.digest}"'
+    if getattr(blob, "cache", None):  # a pull-through cached repository: hit, miss
+        resp.set_header(CACHE_HEADER, blob.cache)
 
 
 
@@ -29,7 +32,7 @@ class BlobResource(Resource):
         resp.set_header("Accept-Ranges", "bytes")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        blob = self.registry.blob(name, digest)
+        blob = self.registry.blob(name, digest, pull=True)
         blob_headers(resp, blob)
         resp.cache_control = ["max-age=31536000"]
         redirect = self.registry.blob_redirect(blob)

@@ -6,6 +6,7 @@ import falcon
 
 from ..bodies import read_small
 from ..errors import ManifestUnknown, SizeInvalid, TooLarge
+from ..mirror import CACHE_HEADER
 from ..model import ManifestRecord
 from .base import Resource, set_location
 
@@ -34,6 +35,8 @@ def manifest_headers(resp: falcon.Response, record: ManifestRecord) -> None:
     resp.content_length = record.size
     resp.set_header("Docker-Content-Digest", record.digest)
     resp.etag = f'"{record.digest}"'
+    if getattr(record, "cache", None):  # a pull-through cached repository: hit, miss, revalidated, stale
+        resp.set_header(CACHE_HEADER, record.cache)
 
 
 class ManifestResource(Resource):

@@ -49,8 +49,8 @@ def test_dockyard_migrate_creates_the_schema_once_and_start_up_checks_it(empty_u
         open_metadata(config, clock=time.time)
     capsys.readouterr()
     assert cli.main(["migrate", "--database", empty_url]) == 0
-    assert capsys.readouterr().out.strip() == ("dockyard migrate: postgresql: applied "
-                                               + ", ".join(m.name for m in MIGRATIONS))
+    applied = ", ".join(m.name for m in MIGRATIONS)
+    assert capsys.readouterr().out.strip() == f"dockyard migrate: postgresql: applied {applied}"
     assert cli.main(["migrate", "--database", empty_url]) == 0
     assert "the schema is up to date" in capsys.readouterr().out
     assert versions(empty_url) == [m.version for m in MIGRATIONS]

@@ -122,7 +122,8 @@ class RepositoriesScreen(Screen):
         stats = self.stats.get(name)
         if stats is None:
             return (name, "?", "?", "?")
-        return (name, str(stats.tags), human_bytes(stats.unique_bytes + stats.shared_bytes),
+        shown = f"{name}  ← {stats.upstream}" if stats.upstream else name  # a pull-through cache, and its source
+        return (shown, str(stats.tags), human_bytes(stats.unique_bytes + stats.shared_bytes),
                 human_bytes(stats.shared_bytes))
 
     def show_count(self) -> None:
