@@ -160,6 +160,48 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TRIGGER manifests_removed AFTER DELETE ON manifests REFERENCING OLD TABLE AS changed
             FOR EACH STATEMENT EXECUTE FUNCTION dockyard_manifests_changed();
     """),
+    # Delivery of the outbox's events (the SQLite schema's 0006 describes the tables). Only adds: the previous
+    # release never writes events, and reads none of this.
+    Migration(2, "0002_event_delivery", r"""
+        ALTER TABLE events ADD COLUMN seq BIGINT;
+        ALTER TABLE events ADD COLUMN uid TEXT;
+        CREATE UNIQUE INDEX events_uid ON events(uid);
+        CREATE TABLE event_streams (
+            repository TEXT PRIMARY KEY,
+            seq BIGINT NOT NULL
+        );
+        CREATE TABLE event_deliveries (
+            endpoint TEXT NOT NULL,
+            event BIGINT NOT NULL,
+            repository TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            parked_at DOUBLE PRECISION,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (endpoint, event)
+        );
+        CREATE INDEX event_deliveries_pending ON event_deliveries(endpoint, repository, seq) WHERE parked_at IS NULL;
+        CREATE INDEX event_deliveries_event ON event_deliveries(event);
+        CREATE TABLE event_queues (
+            endpoint TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            pending BIGINT NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            due DOUBLE PRECISION NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (endpoint, repository)
+        );
+        CREATE INDEX event_queues_due ON event_queues(due) WHERE pending > 0;
+        CREATE TABLE event_endpoints (
+            name TEXT PRIMARY KEY,
+            last_success DOUBLE PRECISION,
+            last_failure DOUBLE PRECISION,
+            last_error TEXT,
+            delivered BIGINT NOT NULL DEFAULT 0
+        );
+    """),
 )
 
 CURRENT = MIGRATIONS[-1].version

@@ -35,6 +35,7 @@ from ..quotas import Quota
 from . import Lifecycle, Metadata, blob_in_use, too_many_sessions
 from .sqlite_queries import (DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE, ORPHAN_MANIFEST_CONTENT,
                              REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS, TAG_PAGE)
+from .sqlite_outbox import SqliteOutbox, add_events
 from .sqlite_schema import migrations
 
 log = logging.getLogger("dockyard")
@@ -198,10 +199,7 @@ class SqliteMetadata(Metadata):
 
     def _add_events(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> None:
         if events:
-            now = self._clock()
-            conn.executemany("INSERT INTO events (repository, action, payload, created_at) VALUES (?, ?, ?, ?)",
-                             [(e.repository, e.action, json.dumps(e.payload, separators=(",", ":")), now)
-                              for e in events])
+            add_events(conn, events, self._clock())
 
     # -- repositories and listings -------------------------------------------------------------------------------
 
@@ -670,6 +668,15 @@ class SqliteMetadata(Metadata):
                                 "ORDER BY id LIMIT ?", (after, limit)).fetchall()
         return [(row[0], NewEvent(row[1], row[2], json.loads(row[3])), row[4]) for row in rows]
 
+    def outbox(self) -> SqliteOutbox:
+        return SqliteOutbox(self)
+
+    def tags_of(self, repository: str, digest: str) -> list[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "WHERE r.name = ? AND t.digest = ? ORDER BY t.name", (repository, digest))]
+
 
 SESSION_COLUMNS = "u.id, r.name, u.length, u.state, u.created_at, u.updated_at, u.monolithic"
 
@@ -723,3 +730,6 @@ class SqliteLifecycle(Lifecycle):
 
     def delete_upload(self, session_id: str) -> None:
         self.conn.execute("DELETE FROM uploads WHERE id = ?", (session_id,))
+
+    def add_events(self, events: Sequence[NewEvent]) -> None:
+        add_events(self.conn, events, self._clock())

@@ -15,6 +15,10 @@ Never edit an applied migration: add the next number. Tables:
 - pending_deletes     storage keys of forgotten blobs whose bytes are still to be deleted (0004)
 - events              the outbox: events written in the transaction of the change they describe (0004)
 - uploads.owner       who opened a session, for the limit of open sessions per user (0005)
+- event_streams       per repository, the last number of its event sequence (0006; events.seq, events.uid)
+- event_deliveries    an event still to deliver to an endpoint, or parked for it (0006)
+- event_queues        per endpoint and repository: events waiting, next try, attempts, the sender's lease (0006)
+- event_endpoints     per endpoint: last success and failure, events delivered (0006)
 """
 
 from __future__ import annotations
@@ -196,4 +200,58 @@ def _upload_owners(db: Database) -> None:
         ALTER TABLE uploads ADD COLUMN owner TEXT;
         CREATE INDEX uploads_repository ON uploads(repository_id);
         CREATE INDEX uploads_owner ON uploads(owner) WHERE owner IS NOT NULL;
+    """)
+
+
+@migrations(name="0006_event_delivery")
+def _event_delivery(db: Database) -> None:
+    """Delivery of the outbox's events to the notification endpoints (`dockyard.server.metadata.Outbox`).
+
+    - events.seq: the event's number in its repository's sequence (event_streams), which is commit order;
+      events.uid: the stable id receivers see (also in the payload).
+    - event_deliveries: one row per event and endpoint until the endpoint has it; parked_at set once the endpoint's
+      attempts ran out (kept until replayed).
+    - event_queues: per endpoint and repository, the events pending (a count), when the next try is due, failed
+      attempts in a row, the lease of the sender working on it.
+    - event_endpoints: per endpoint, the last success and failure and the count delivered.
+    """
+    _run(db, """
+        ALTER TABLE events ADD COLUMN seq INTEGER;
+        ALTER TABLE events ADD COLUMN uid TEXT;
+        CREATE UNIQUE INDEX events_uid ON events(uid);
+        CREATE TABLE event_streams (
+            repository TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE event_deliveries (
+            endpoint TEXT NOT NULL,
+            event INTEGER NOT NULL,
+            repository TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            parked_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (endpoint, event)
+        ) WITHOUT ROWID;
+        CREATE INDEX event_deliveries_pending ON event_deliveries(endpoint, repository, seq) WHERE parked_at IS NULL;
+        CREATE INDEX event_deliveries_event ON event_deliveries(event);
+        CREATE TABLE event_queues (
+            endpoint TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            pending INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            due REAL NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (endpoint, repository)
+        ) WITHOUT ROWID;
+        CREATE INDEX event_queues_due ON event_queues(due) WHERE pending > 0;
+        CREATE TABLE event_endpoints (
+            name TEXT PRIMARY KEY,
+            last_success REAL,
+            last_failure REAL,
+            last_error TEXT,
+            delivered INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
     """)

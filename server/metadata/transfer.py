@@ -36,7 +36,12 @@ TABLES: tuple[tuple[str, tuple[str, ...], dict[str, Callable]], ...] = (
      {"monolithic": bool}),
     ("state", ("key", "value"), {}),
     ("pending_deletes", ("key", "created_at"), {}),
-    ("events", ("id", "repository", "action", "payload", "created_at"), {}),
+    ("events", ("id", "repository", "action", "payload", "created_at", "seq", "uid"), {}),
+    ("event_streams", ("repository", "seq"), {}),
+    ("event_deliveries", ("endpoint", "event", "repository", "seq", "parked_at", "attempts", "last_error"), {}),
+    ("event_queues", ("endpoint", "repository", "pending", "attempts", "due", "lease_owner", "lease_until",
+                      "last_error"), {}),
+    ("event_endpoints", ("name", "last_success", "last_failure", "last_error", "delivered"), {}),
 )
 IDENTITIES = (("repositories", "id"), ("events", "id"))
 
