@@ -89,6 +89,11 @@ class Config:
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
+    notifications: tuple = _setting((), "Event endpoints: TOML `[[notifications]]` tables (name, url, headers, "
+                                    "secret, actions, repositories, media_types, format, retries; see Events). "
+                                    "File only.")
+    events_retention: int = _setting(7 * 86400, "Seconds a delivered event is kept in the outbox (for replay) "
+                                     "before it is pruned.", minimum=60)
 
     def __post_init__(self) -> None:
         try:
@@ -98,6 +103,11 @@ class Config:
         if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             # Never echo the value: a URL may hold a password.
             raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")
+        if self.notifications:
+            from .events import Endpoint
+
+            if not all(isinstance(entry, Endpoint) for entry in self.notifications):  # tables given directly
+                object.__setattr__(self, "notifications", _coerce("notifications", list(self.notifications)))
         if not UI_PREFIX_RE.fullmatch(self.ui_prefix) or self.ui_prefix.startswith(("/v2/", "/auth/")):
             raise ConfigError(f"setting 'ui_prefix': expected a path like /ui/ (letters, digits, - _ . /; not "
                               f"under /v2/ or /auth/), got {self.ui_prefix!r}")
@@ -158,6 +168,13 @@ def _coerce(name: str, value: Any) -> Any:
         return _middleware_entries(value)
     if name == "quotas":
         return _quota_entries(value)
+    if name == "notifications":
+        from .events import parse_endpoints
+
+        try:
+            return parse_endpoints(value)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'notifications': {exc}") from None
     f = SETTINGS[name]
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
     if kind is bool:
@@ -208,7 +225,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX):].lower()
-            if name not in SETTINGS or name in ("middleware", "quotas"):
+            if name not in SETTINGS or name in ("middleware", "quotas", "notifications"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():
