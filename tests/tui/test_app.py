@@ -172,3 +172,15 @@ def test_the_readme_shows_the_screen_as_it_is(registry):
     run_app(app, scenario)
     block = "\n".join("    " + line.rstrip() for line in captured[0].splitlines())
     assert block in "\n".join(line if line.strip() else "    " for line in readme.splitlines())
+
+
+def test_the_event_backlog_is_on_the_title_line(make_registry):
+    """Issue 17: with notification endpoints, the title says how many events wait and how many are parked."""
+    registry = make_registry(notifications=({"name": "ci", "url": "http://127.0.0.1:9/hook", "actions": ["push"],
+                                             "media_types": ["application/vnd.oci.image.manifest.v1+json"]},))
+    seed(registry.url, transport=registry.transport)
+
+    async def scenario(pilot):
+        assert "3 repositories   events: 8 waiting, 0 parked" in screen_text(pilot.app)
+
+    run_app(RegistryApp(registry.client()), scenario)
