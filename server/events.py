@@ -74,7 +74,7 @@ class Endpoint:
     max_attempts: int = 25
     backoff: float = 1.0
     max_backoff: float = 300.0
-    batch: int = 1
+    batch: int = 10
 
     def __repr__(self) -> str:  # `dockyard check-config` prints this: never a secret, a header value or a password
         return (f"Endpoint(name={self.name!r}, url={redact_url(self.url)!r}, format={self.format!r}, "
@@ -178,7 +178,10 @@ def parse_endpoint(index: int, entry: Any) -> Endpoint:
     if wrong:
         raise ValueError(f"{where}.actions: unknown action(s) {', '.join(w[:40] for w in wrong)}; known: "
                          f"{', '.join(ACTIONS)}")
-    batch = int(_number(where, "batch", entry.get("batch", 1), 1, 100, integer=True))
+    # Distribution's envelope holds "one or more events" (its notifications documentation: receivers must take
+    # several, as the reference may group them); a CloudEvents structured request holds one.
+    batch = int(_number(where, "batch", entry.get("batch", 1 if fmt == "cloudevents" else 10), 1, 100,
+                        integer=True))
     if fmt == "cloudevents" and batch != 1:
         raise ValueError(f"{where}.batch: a CloudEvents structured request holds one event: batch must be 1")
     backoff = _number(where, "backoff", entry.get("backoff", 1.0), 0.01, 3600)

@@ -47,6 +47,7 @@ from .model import Caller, Claim, NewEvent
 log = logging.getLogger("dockyard")
 
 POLL = 1.0  # seconds between looks at the outbox when nothing woke the sender
+LINGER = 0.1  # seconds a woken sender waits for the rest of a push's events, so one request carries them
 LEASE_MIN = 60.0  # seconds a claimed queue stays with its sender (at least 3 timeouts of its endpoint)
 CLAIMS = 8  # queues claimed at a time
 THREADS = 4  # queues of one claim sent in parallel
@@ -56,30 +57,67 @@ PULL_FLUSH = 1.0
 PULL_BUFFER = 10000
 PULL_REQUEST = 100  # pull events per request
 
-Post = Callable[[Endpoint, str, bytes], "str | None"]
+Post = Callable[[Endpoint, str, bytes], "str | None"]  # (endpoint, content type, body) -> None or the failure
 
 
-def http_post(endpoint: Endpoint, content_type: str, body: bytes) -> str | None:
-    """POST `body` to the endpoint; None when it answered 2xx, else what went wrong (for the state and the log)."""
-    parts = urlsplit(endpoint.url)
-    headers = request_headers(endpoint, content_type, body)
-    if parts.username is not None and not any(name.lower() == "authorization" for name in headers):
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, parts.port, timeout=endpoint.timeout)
-    try:
-        connection.request("POST", target, body=body, headers=headers)
-        response = connection.getresponse()
-        response.read(64 * 1024)
-        if 200 <= response.status < 300:
-            return None
-        return f"HTTP {response.status} {response.reason}"[:200]
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
-    finally:
-        connection.close()
+class HttpPoster:
+    """POSTs to the endpoints on keep-alive connections, one per thread and endpoint (a receiver is spared a
+    connection, and often a thread, per event). Returns None when the endpoint answered 2xx, else what went wrong
+    (for the endpoint's state and the log)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._open: set[http.client.HTTPConnection] = set()  # every connection a thread holds, for `close`
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._open:
+                connection.close()
+            self._open.clear()
+
+    def _drop(self, connections: dict, key) -> None:
+        connection = connections.pop(key, None)
+        if connection is not None:
+            connection.close()
+            with self._lock:
+                self._open.discard(connection)
+
+    def __call__(self, endpoint: Endpoint, content_type: str, body: bytes) -> str | None:
+        parts = urlsplit(endpoint.url)
+        headers = request_headers(endpoint, content_type, body)
+        if parts.username is not None and not any(name.lower() == "authorization" for name in headers):
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connections = self._local.__dict__.setdefault("connections", {})
+        key = (endpoint.url, endpoint.timeout)
+        for attempt in (1, 2):
+            connection = connections.get(key)
+            reused = connection is not None
+            if connection is None:
+                connection_class = http.client.HTTPSConnection if parts.scheme == "https" \
+                    else http.client.HTTPConnection
+                connection = connections[key] = connection_class(parts.hostname, parts.port,
+                                                                 timeout=endpoint.timeout)
+                with self._lock:
+                    self._open.add(connection)
+            try:
+                connection.request("POST", target, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read(64 * 1024)
+                if response.will_close or not response.isclosed():
+                    self._drop(connections, key)
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status} {response.reason}"[:200]
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(connections, key)
+                stale = isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+                if reused and stale and attempt == 1:
+                    continue  # the receiver closed an idle keep-alive connection: once more on a new one
+                return f"{type(exc).__name__}: {exc}"[:200]
+        raise AssertionError("unreachable")
 
 
 class PullBatch:
@@ -108,12 +146,12 @@ class Notifications:
     """The domain's side of events: building them (`events`), and delivering, inspecting and replaying them."""
 
     def __init__(self, config: Config, metadata: Metadata, *, clock: Callable[[], float] = time.time,
-                 post: Post = http_post, threads: int = THREADS):
+                 post: Post | None = None, threads: int = THREADS):
         self.events = Events(config.notifications, clock=clock, source_addr=source_address(config.bind))
         self.endpoints = {e.name: e for e in config.notifications}
         self.metadata = metadata
         self.clock = clock
-        self.post = post
+        self.post = post or HttpPoster()
         self.retention = float(config.events_retention)
         self.lease = max([LEASE_MIN] + [3 * e.timeout for e in config.notifications])
         self.pulls = PullBatch()
@@ -243,10 +281,19 @@ class Notifications:
             except Exception as exc:  # the database away: try again later
                 log.warning("events: sender: %s", exc)
                 stop.wait(POLL * 5)
-            if delivered:
-                continue
-            self._wake.wait(POLL * random.uniform(0.5, 1.0))
-            self._wake.clear()
+            if not delivered:
+                self._wake.wait(POLL * random.uniform(0.5, 1.0))
+                self._wake.clear()
+            stop.wait(LINGER)
+
+    def close(self) -> None:
+        """Close the delivery threads and the keep-alive connections to the endpoints (the registry closes)."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.shutdown(wait=True)
+        self._pool = None
+        close = getattr(self.post, "close", None)
+        if close is not None:
+            close()
 
     def note_pull(self, repository: str, *, digest: str, media_type: str, size: int, tag: str | None,
                   manifest: bool, caller: Caller | None) -> None:

@@ -466,5 +466,6 @@ class Registry:
         return self._metadata.usage()
 
     def close(self) -> None:
+        self.notifications.close()
         self._metadata.close()
         self._store.close()
