@@ -430,7 +430,7 @@ class Registry:
         """A pull answered: batched for the endpoints that want pulls (never the outbox); nothing when none do."""
         if self._events.pulls_wanted:
             manifest = isinstance(record, ManifestRecord)
-            tag = reference if manifest and reference and not reference.startswith("sha256:") else None
+            tag = reference if manifest and reference and ":" not in reference else None  # by tag, not digest
             self.notifications.note_pull(name, digest=record.digest, size=record.size, tag=tag, manifest=manifest,
                                          media_type=record.media_type if manifest else "", caller=caller)
 

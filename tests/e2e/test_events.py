@@ -403,7 +403,7 @@ def test_two_postgresql_nodes_pushing_to_one_repository_keep_its_order(start_doc
 def test_an_endpoint_that_always_fails_parks_its_events_and_replay_delivers_them(start_dockyard, receiver, workdir,
                                                                                   dockyard_bin):
     receiver.status = 500
-    config = endpoint_toml(receiver.url, max_attempts=3, backoff=0.2, max_backoff=0.4, actions=["push"],
+    config = endpoint_toml(receiver.url, max_attempts=3, backoff=0.2, max_backoff=0.4, actions=["push"], batch=1,
                            media_types=[OCI_MANIFEST])
     data = workdir / "data"
     server = start_dockyard(data=data, config=config)
