@@ -215,7 +215,9 @@ class Notifications:
                 now = self.clock()
                 numbers = [e.number for e in events]
                 if error is None:
-                    more = time.monotonic() - started < self.lease / 3
+                    # A short batch emptied the queue: its lease ends with this record (events committed meanwhile
+                    # leave the queue due, for the next round).
+                    more = len(events) == endpoint.batch and time.monotonic() - started < self.lease / 3
                     outbox.delivered(claim, numbers, owner, now, now + self.lease if more else 0)
                     delivered += len(events)
                     attempts = 0
