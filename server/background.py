@@ -4,7 +4,8 @@ notification endpoints configured, the event sender.
 Started by gunicorn's `post_worker_init` hook (`serving.py`) in every worker, never by a request. Each job takes
 the metadata's lock for its kind of work, so one process does it at a time whatever the number of workers (or of
 nodes sharing the metadata); the others find the lock taken or the work already done and go back to sleep. The
-event sender runs in every worker and shares the work instead: it leases queues in the metadata (`notify`).
+event sender thread runs in every worker too: one per node delivers, the others stand by, and nodes share the
+work through leases in the metadata (`notify`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Delivery of events to the notification endpoints: the sender every worker runs, and the batch of pulls.
+"""Delivery of events to the notification endpoints: the sender of each node, and the batch of pulls.
 
-The outbox (`metadata.Outbox`) holds every event of a committed change until each of its endpoints has it. The
-sender in each worker (started by `background`, woken at once by a commit in its own worker, else looking every
-second) claims due queues (an endpoint's events of one repository; a lease in the metadata makes it the only
-sender working on them, whatever the number of workers and nodes), sends their events oldest first, one request
-at a time per queue (`batch` events per request), and records the outcome:
+The outbox (`metadata.Outbox`) holds every event of a committed change until each of its endpoints has it. Every
+worker runs a sender thread (started by `background`); one per node delivers at a time (a file lock in the data
+directory; the others stand by and take over when it dies), woken at once by a commit in its own worker and else
+looking every `POLL` seconds. It claims due queues (an endpoint's events of one repository; a lease in the
+metadata makes it the only sender working on them, whatever the number of nodes), sends their events oldest
+first, one request at a time per queue (up to `batch` events per request), and records the outcome:
 
 - a 2xx answer: the events are delivered and leave the queue (3xx counts as a failure: a redirect is a wrong URL);
 - anything else (an error status, a refused connection, the timeout): the queue's next try waits `backoff`,
@@ -24,6 +25,7 @@ worker's memory (up to `PULL_BUFFER`, then counted and dropped) and sent in one 
 from __future__ import annotations
 
 import base64
+import fcntl
 import http.client
 import logging
 import os
@@ -46,7 +48,8 @@ from .model import Caller, Claim, NewEvent
 
 log = logging.getLogger("dockyard")
 
-POLL = 1.0  # seconds between looks at the outbox when nothing woke the sender
+POLL = 0.25  # seconds between looks at the outbox (a cheap read) when nothing woke the sender
+STANDBY = 2.0  # seconds between a standby worker's tries to become its node's sender
 LINGER = 0.1  # seconds a woken sender waits for the rest of a push's events, so one request carries them
 LEASE_MIN = 60.0  # seconds a claimed queue stays with its sender (at least 3 timeouts of its endpoint)
 CLAIMS = 8  # queues claimed at a time
@@ -153,6 +156,7 @@ class Notifications:
         self.clock = clock
         self.post = post or HttpPoster()
         self.retention = float(config.events_retention)
+        self.lock_path = config.data_path / "events.lock"
         self.lease = max([LEASE_MIN] + [3 * e.timeout for e in config.notifications])
         self.pulls = PullBatch()
         self.threads = threads
@@ -266,8 +270,35 @@ class Notifications:
         return pruned
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """The sender's loop (a background thread of each worker)."""
+        """The background thread of each worker. One worker per node delivers (the holder of `<data>/events.lock`;
+        another takes over within `STANDBY` seconds when it dies): the others would only compete for the same
+        queues, in smaller batches. Nodes share the work through the metadata's leases. Every worker sends the
+        pulls it gathered itself."""
         stop = stop or threading.Event()
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while not stop.is_set():
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._standby(stop)
+                    continue
+                self._serve(stop)
+            finally:
+                os.close(fd)  # releases the lock
+
+    def _standby(self, stop: threading.Event) -> None:
+        until = time.monotonic() + STANDBY
+        while not stop.is_set() and time.monotonic() < until:
+            try:
+                self.flush_pulls()
+            except Exception as exc:  # pragma: no cover - flush_pulls reports failures itself
+                log.warning("events: pulls: %s", exc)
+            stop.wait(PULL_FLUSH)
+
+    def _serve(self, stop: threading.Event) -> None:
+        """The delivering worker's loop: a round, then wait to be woken (this worker's commits) or `POLL`."""
         next_prune = time.monotonic() + PRUNE_INTERVAL * random.uniform(0.1, 1.0)
         next_pulls = time.monotonic() + PULL_FLUSH
         while not stop.is_set():
@@ -284,7 +315,7 @@ class Notifications:
                 log.warning("events: sender: %s", exc)
                 stop.wait(POLL * 5)
             if not delivered:
-                self._wake.wait(POLL * random.uniform(0.5, 1.0))
+                self._wake.wait(POLL)
                 self._wake.clear()
             stop.wait(LINGER)
 

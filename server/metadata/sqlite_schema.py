@@ -231,10 +231,10 @@ def _event_delivery(db: Database) -> None:
             parked_at REAL,
             attempts INTEGER NOT NULL DEFAULT 0,
             last_error TEXT,
-            PRIMARY KEY (endpoint, event)
+            PRIMARY KEY (event, endpoint)
         ) WITHOUT ROWID;
         CREATE INDEX event_deliveries_pending ON event_deliveries(endpoint, repository, seq) WHERE parked_at IS NULL;
-        CREATE INDEX event_deliveries_event ON event_deliveries(event);
+        CREATE INDEX event_deliveries_parked ON event_deliveries(endpoint, event) WHERE parked_at IS NOT NULL;
         CREATE TABLE event_queues (
             endpoint TEXT NOT NULL,
             repository TEXT NOT NULL,
