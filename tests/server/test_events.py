@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 import threading
+import time
 
 import pytest
 import webtest
@@ -473,3 +474,34 @@ def test_the_events_command_shows_lists_and_replays(make_app, receiver, config, 
     assert "1 events queued again for hook" in capsys.readouterr().out
     receiver.status = 200
     assert deliver_all(app) == 1 and [e["target"]["tag"] for e in receiver.events()] == ["v1"]
+
+
+def test_one_worker_per_node_sends_and_a_standby_takes_over(make_app, receiver):
+    """The sender threads of a node's workers: the holder of the node's lock delivers, the others stand by (they
+    would only compete for the same queues); when the holder stops, a standby takes over."""
+    first, client = make_app(endpoint(receiver, actions=["push"], media_types=[OCI_MANIFEST]))
+    second, _ = make_app(endpoint(receiver, actions=["push"], media_types=[OCI_MANIFEST]))  # same data directory
+    sent = {"first": 0, "second": 0}
+
+    def counting(name, post):
+        def wrapped(*args):
+            sent[name] += 1
+            return post(*args)
+        wrapped.close = post.close  # the registry closes its connections at the end
+        return wrapped
+    first.registry.notifications.post = counting("first", first.registry.notifications.post)
+    second.registry.notifications.post = counting("second", second.registry.notifications.post)
+    stops = {"first": threading.Event(), "second": threading.Event()}
+    threads = {name: threading.Thread(target=app.registry.notifications.run, args=(stops[name],), daemon=True)
+               for name, app in (("first", first), ("second", second))}
+    threads["first"].start()
+    time.sleep(0.3)
+    threads["second"].start()
+    push_image(client, "team/app", "v1")
+    assert len(receiver.wait_for(1, 10)) == 1 and sent == {"first": 1, "second": 0}
+    stops["first"].set()
+    threads["first"].join(10)
+    push_image(client, "team/app", "v2", layer=b"second")
+    assert len(receiver.wait_for(2, 15)) == 2 and sent == {"first": 1, "second": 1}
+    stops["second"].set()
+    threads["second"].join(10)
