@@ -50,7 +50,7 @@ log = logging.getLogger("dockyard")
 
 POLL = 0.25  # seconds between looks at the outbox (a cheap read) when nothing woke the sender
 STANDBY = 2.0  # seconds between a standby worker's tries to become its node's sender
-LINGER = 0.1  # seconds a woken sender waits for the rest of a push's events, so one request carries them
+LINGER = 0.25  # seconds a woken sender waits for more events (the rest of a push's), so one request carries them
 LEASE_MIN = 60.0  # seconds a claimed queue stays with its sender (at least 3 timeouts of its endpoint)
 CLAIMS = 8  # queues claimed at a time
 THREADS = 4  # queues of one claim sent in parallel
@@ -177,9 +177,9 @@ class Notifications:
 
     # -- delivering ----------------------------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """A commit in this worker wrote events: look at once."""
-        if self.endpoints:
+    def wake(self, events: Sequence[NewEvent]) -> None:
+        """A commit in this worker wrote `events`: look at once (after `LINGER`, for the rest of a push's)."""
+        if events and self.endpoints:
             self._wake.set()
 
     def deliver(self) -> int:
@@ -376,5 +376,5 @@ class Notifications:
     def replay(self, endpoint: str, uids: Sequence[str] | None) -> int:
         self._known(endpoint)
         count = self._outbox().replay(endpoint, uids, self.clock())
-        self.wake()
+        self._wake.set()
         return count

@@ -91,9 +91,10 @@ class Registry:
 
     def delete_blob(self, name: str, digest: str, caller: Caller | None = None) -> None:
         parsed = str(parse_digest(digest))
-        if not self._metadata.unlink_blob(name, parsed, events=self._events.blob_deleted(name, parsed, caller)):
+        events = self._events.blob_deleted(name, parsed, caller)
+        if not self._metadata.unlink_blob(name, parsed, events=events):
             raise BlobUnknown({"digest": digest})
-        self.notifications.wake()
+        self.notifications.wake(events)
 
     def mount(self, name: str, source: str, digest: str, caller: Caller | None = None) -> BlobRecord | None:
         """Cross-repository mount; None when the blob is not readable in `source` (the caller opens a session)."""
@@ -105,7 +106,7 @@ class Registry:
         if self._events and (known := self._metadata.blob(source, str(parsed))) is not None:
             events = self._events.blob_mounted(name, source, known.digest, known.size, caller)
         mounted = self._metadata.mount_blob(name, source, str(parsed), quotas=self.quotas_for(name), events=events)
-        self.notifications.wake()
+        self.notifications.wake(events)
         return mounted
 
     # -- uploads -------------------------------------------------------------------------------------------------
@@ -197,16 +198,15 @@ class Registry:
         """Make a committed blob visible. A refusal raised inside the transaction (a quota) rolled it back, so
         nobody can reach the new key: it goes at once. Any other failure leaves the key to the orphan sweep, which
         checks the metadata first (a commit whose acknowledgement was lost must not lose its bytes)."""
+        events = self._events.blob_pushed(name, stored.digest, stored.size, caller)
         try:
             redundant = self._metadata.record_blob(name, stored, session_id=session_id,
-                                                   quotas=self.quotas_for(name),
-                                                   events=self._events.blob_pushed(name, stored.digest, stored.size,
-                                                                                   caller))
+                                                   quotas=self.quotas_for(name), events=events)
         except RegistryError:
             self._store.delete(stored.key)
             self._metadata.delete_upload(session_id)
             raise
-        self.notifications.wake()
+        self.notifications.wake(events)
         if redundant is not None:
             self._store.delete(redundant)
         return stored
@@ -284,7 +284,7 @@ class Registry:
             events = self._events.manifest_pushed(name, manifest.digest, manifest.media_type, len(data), tag, caller,
                                                   present=present)
         self._metadata.put_manifest(name, manifest, tag, events=events)
-        self.notifications.wake()
+        self.notifications.wake(events)
         return StoredManifest(manifest.digest, manifest.subject)
 
     def manifest(self, name: str, reference: str, *, with_data: bool = True) -> ManifestRecord:
@@ -316,15 +316,16 @@ class Registry:
         ref = self._lookup_reference(reference)
         if isinstance(ref, Digest):
             tags = self._metadata.tags_of(name, str(ref)) if self._events else ()
-            deleted = self._metadata.delete_manifest(
-                name, str(ref), events=self._events.manifest_deleted(name, str(ref), tags, caller))
+            events = self._events.manifest_deleted(name, str(ref), tags, caller)
+            deleted = self._metadata.delete_manifest(name, str(ref), events=events)
         else:
-            deleted = self._metadata.delete_tag(name, ref, events=self._events.tag_deleted(name, ref, caller))
+            events = self._events.tag_deleted(name, ref, caller)
+            deleted = self._metadata.delete_tag(name, ref, events=events)
         if not deleted:
             if not self._metadata.repository_exists(name):
                 raise NameUnknown({"name": name})
             raise ManifestUnknown({"reference": reference})
-        self.notifications.wake()
+        self.notifications.wake(events)
 
     @staticmethod
     def _lookup_reference(reference: str) -> str | Digest:
@@ -386,10 +387,11 @@ class Registry:
         return self._metadata.storage_totals()
 
     def delete_repository(self, name: str, caller: Caller | None = None) -> dict:
-        deleted = self._metadata.delete_repository(name, events=self._events.repository_deleted(name, caller))
+        events = self._events.repository_deleted(name, caller)
+        deleted = self._metadata.delete_repository(name, events=events)
         if deleted is None:
             raise NameUnknown({"name": name})
-        self.notifications.wake()
+        self.notifications.wake(events)
         counts, sessions = deleted
         for session in sessions:
             self._store.abort_upload(session.id, session.state)

@@ -13,11 +13,11 @@ Guarantees every driver gives
   at a forgotten blob.
 - Quotas are counted and checked inside the transaction that links a blob.
 - `events` given to a write method are written in the same transaction, only when the change takes effect (the
-  outbox: a committed change always has its event, a refused or rolled-back one never does). Each event takes the
-  next number of its repository's sequence under that sequence's row lock, held to the commit, so a repository's
-  events commit in sequence order and no reader ever sees one before an earlier one: a sender that delivers a
-  repository's events in sequence order cannot skip one that commits late (ids taken at insert do not commit in
-  order on PostgreSQL). Each event names its endpoints; one delivery row per endpoint is written with it, and the
+  outbox: a committed change always has its event, a refused or rolled-back one never does). A repository's events
+  carry increasing numbers in commit order, and no reader ever sees one before an earlier one, so a sender that
+  delivers a repository's events in that order cannot skip one that commits late. On PostgreSQL, where ids taken at
+  insert do not commit in order, each event takes its repository's next number under that sequence's row lock,
+  held to the commit; SQLite commits one writer at a time, so there the id is the number. Each event names its endpoints; one delivery row per endpoint is written with it, and the
   endpoint's queue for that repository counts it (`Outbox`).
 - No method calls the blob store; the protocol between the two is in `..storage`'s docstring. Keys to delete are
   handed over as pending-delete rows (`Lifecycle.sweep_blobs`, `pending_deletes`, `forget_pending`).

@@ -196,7 +196,8 @@ class PostgresOutbox(Outbox):
                 repositories = [r[0] for r in cur.fetchall()]
             else:
                 wanted = list(dict.fromkeys(uids))
-                cur.execute("SELECT uid, id, repository, seq FROM events WHERE uid = ANY(%s::TEXT[]) FOR SHARE",
+                cur.execute("SELECT uid, id, repository, COALESCE(seq, id) FROM events WHERE uid = ANY(%s::TEXT[]) "
+                            "FOR SHARE",
                             (wanted,))
                 found = {uid: (number, repository, seq) for uid, number, repository, seq in cur.fetchall()}
                 unknown = [uid for uid in wanted if uid not in found]

@@ -1,8 +1,9 @@
 """The SQLite driver's outbox: writing events with their change, and their delivery state (`Outbox`).
 
-SQLite has one writer at a time (the driver's flock and `BEGIN IMMEDIATE`), so a repository's sequence numbers are
-taken and committed in order without more ado, and a claim is a plain read-then-lease inside a write transaction.
-Senders look with a read first (`due`), so an idle sender never takes the write lock.
+SQLite has one writer at a time (the driver's flock and `BEGIN IMMEDIATE`): events commit in the order of their
+ids, so an event's id is its number in its repository's sequence (no `event_streams` row to keep; `events.seq`
+stays NULL), and a claim is a plain read-then-lease inside a write transaction. Senders look with a read first
+(`due`), so an idle sender never takes the write lock.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from . import Outbox
 if TYPE_CHECKING:
     from .sqlite import SqliteMetadata
 
-NEXT_SEQ = ("INSERT INTO event_streams (repository, seq) VALUES (?, 1) "
-            "ON CONFLICT (repository) DO UPDATE SET seq = seq + 1 RETURNING seq")
 QUEUE_ADD = ("INSERT INTO event_queues (endpoint, repository, pending, due) VALUES (?, ?, ?, ?) "
              "ON CONFLICT (endpoint, repository) DO UPDATE SET pending = pending + excluded.pending")
 PENDING = ("SELECT e.id, e.uid, e.repository, d.seq, e.action, e.payload, e.created_at FROM event_deliveries d "
@@ -28,17 +27,16 @@ PENDING = ("SELECT e.id, e.uid, e.repository, d.seq, e.action, e.payload, e.crea
 
 
 def add_events(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> None:
-    """Write events in the caller's transaction: each takes its repository's next number, and one delivery row
-    per endpoint it names, counted in that endpoint's queue for the repository."""
+    """Write events in the caller's transaction: one delivery row per endpoint an event names (its id for its
+    place in the repository's order), counted in that endpoint's queue for the repository."""
     for event in events:
-        seq = conn.execute(NEXT_SEQ, (event.repository,)).fetchone()[0]
         number = conn.execute(
-            "INSERT INTO events (repository, action, payload, created_at, seq, uid) VALUES (?, ?, ?, ?, ?, ?)",
-            (event.repository, event.action, json.dumps(event.payload, separators=(",", ":")), now, seq,
+            "INSERT INTO events (repository, action, payload, created_at, uid) VALUES (?, ?, ?, ?, ?)",
+            (event.repository, event.action, json.dumps(event.payload, separators=(",", ":")), now,
              event.payload.get("id"))).lastrowid
         for endpoint in event.endpoints:
             conn.execute("INSERT INTO event_deliveries (endpoint, event, repository, seq) VALUES (?, ?, ?, ?)",
-                         (endpoint, number, event.repository, seq))
+                         (endpoint, number, event.repository, number))
             conn.execute(QUEUE_ADD, (endpoint, event.repository, 1, 0))
 
 
@@ -167,7 +165,8 @@ class SqliteOutbox(Outbox):
             else:
                 uids = list(dict.fromkeys(uids))
                 found = {uid: (number, repository, seq) for uid, number, repository, seq in conn.execute(
-                    f"SELECT uid, id, repository, seq FROM events WHERE uid IN ({_marks(uids)})", uids)}
+                    f"SELECT uid, id, repository, COALESCE(seq, id) FROM events WHERE uid IN ({_marks(uids)})",
+                    uids)}
                 unknown = [uid for uid in uids if uid not in found]
                 if unknown:
                     raise NotFound({"unknown": unknown[:20]}, message="no such event in the outbox (pruned, or "

@@ -15,7 +15,7 @@ Never edit an applied migration: add the next number. Tables:
 - pending_deletes     storage keys of forgotten blobs whose bytes are still to be deleted (0004)
 - events              the outbox: events written in the transaction of the change they describe (0004)
 - uploads.owner       who opened a session, for the limit of open sessions per user (0005)
-- event_streams       per repository, the last number of its event sequence (0006; events.seq, events.uid)
+- events.uid          the stable id of an event, as receivers see it (0006; events.seq stays NULL in SQLite)
 - event_deliveries    an event still to deliver to an endpoint, or parked for it (0006)
 - event_queues        per endpoint and repository: events waiting, next try, attempts, the sender's lease (0006)
 - event_endpoints     per endpoint: last success and failure, events delivered (0006)
@@ -207,8 +207,9 @@ def _upload_owners(db: Database) -> None:
 def _event_delivery(db: Database) -> None:
     """Delivery of the outbox's events to the notification endpoints (`dockyard.server.metadata.Outbox`).
 
-    - events.seq: the event's number in its repository's sequence (event_streams), which is commit order;
-      events.uid: the stable id receivers see (also in the payload).
+    - events.uid: the stable id receivers see (also in the payload). events.seq is PostgreSQL's per-repository
+      sequence; SQLite commits one writer at a time, in id order, so the id is the sequence and seq stays NULL
+      (a copy into PostgreSQL, `migrate-metadata`, starts each repository's sequence after its highest id).
     - event_deliveries: one row per event and endpoint until the endpoint has it; parked_at set once the endpoint's
       attempts ran out (kept until replayed).
     - event_queues: per endpoint and repository, the events pending (a count), when the next try is due, failed
@@ -219,10 +220,6 @@ def _event_delivery(db: Database) -> None:
         ALTER TABLE events ADD COLUMN seq INTEGER;
         ALTER TABLE events ADD COLUMN uid TEXT;
         CREATE UNIQUE INDEX events_uid ON events(uid);
-        CREATE TABLE event_streams (
-            repository TEXT PRIMARY KEY,
-            seq INTEGER NOT NULL
-        ) WITHOUT ROWID;
         CREATE TABLE event_deliveries (
             endpoint TEXT NOT NULL,
             event INTEGER NOT NULL,

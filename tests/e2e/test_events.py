@@ -328,7 +328,7 @@ def test_kill_9_after_the_commit_and_before_delivery_delivers_after_the_restart(
     http = requests.Session()
     digests = [push_small_image(http, server.url, "e2e/killed", f"t{i}") for i in range(3)]
     with sqlite3.connect(data / "registry.db") as db:  # committed: the outbox has them, with their ids
-        ids = [row[0] for row in db.execute("SELECT uid FROM events WHERE repository = 'e2e/killed' ORDER BY seq")]
+        ids = [row[0] for row in db.execute("SELECT uid FROM events WHERE repository = 'e2e/killed' ORDER BY id")]
     assert len(ids) == 3
     os.killpg(server.proc.pid, signal.SIGKILL)
     server.proc.wait(30)
