@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (DOCKYARD_CMD, HOST, BenchError, _executable, alternate, cell, dockyard,  # noqa: E402
-                     load_average, main_guard, median, nproc, process_tree, progress)
+                     load_average, main_guard, median, nproc, parse_size, process_tree, progress)
 from postgres import postgres  # noqa: E402
 from seed import Seeder, image_config  # noqa: E402
 
@@ -81,9 +81,10 @@ class Receiver:
         self.server.server_close()
 
 
-def push_round(port: int, label: str, pushes: int, threads: int) -> float:
-    """`pushes` distinct images from `threads` threads; pushes per second."""
-    layer = os.urandom(4096)
+def push_round(port: int, label: str, pushes: int, threads: int, layer_size: int = 4096) -> float:
+    """`pushes` distinct images (a config and one layer of `layer_size` bytes) from `threads` threads; pushes per
+    second."""
+    layer = os.urandom(layer_size)
 
     def push(conn, index) -> None:
         config = image_config(f"{label}-{index}")
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             pushes = max(args.pushes // 5, 20) if warm_up else args.pushes
             for name in alternate(["without", "with"], number):
                 before = cpu_seconds(targets[name].pid)
-                rate = push_round(targets[name].port, f"r{number}", pushes, args.threads)
+                rate = push_round(targets[name].port, f"r{number}", pushes, args.threads, args.layer_size)
                 if name == "with":
                     delivered += 3 * pushes
                     drain = wait_delivered(receiver, delivered)
@@ -170,10 +171,12 @@ def run(args: argparse.Namespace) -> int:
     end_load = load_average()
     lines = [
         f"python bench/events.py --pushes {args.pushes} --threads {args.threads} --rounds {args.rounds} "
-        f"--database {args.database}    ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})",
+        f"--layer-size {args.layer_size} --database {args.database}    "
+        f"({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})",
         f"nproc {nproc()}; load average (1 min) {start_load:.2f} at start, {end_load:.2f} at end",
         f"{args.rounds} round(s) after 1 discarded warm-up, the two servers alternating; "
-        f"{args.pushes} pushes of 2 blobs + 1 manifest from {args.threads} threads; ratio = with / without",
+        f"{args.pushes} pushes of 2 blobs (config, {args.layer_size}-byte layer) + 1 manifest from {args.threads} "
+        "threads",
         f"{'figure':<44} {'unit':<10} {'without':>8} {'with':>8} {'ratio':>6}  {'goal':<9} met",
         "-" * 97,
         f"{'pushes, one endpoint (3 events per push)':<44} {'pushes/s':<10} {cell(without):>8} {cell(with_):>8} "
@@ -200,6 +203,9 @@ def main() -> int:
     parser.add_argument("--pushes", type=int, default=200, help="pushes per round and server (default 200)")
     parser.add_argument("--threads", type=int, default=8, help="pushing threads (default 8)")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
+    parser.add_argument("--layer-size", type=parse_size, default=4096,
+                        help="bytes of each image's layer (default 4096: the smallest pushes, where the events' "
+                             "constant cost weighs most)")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
