@@ -355,6 +355,7 @@ class PostgresMetadata(Metadata):
                                     (migration.version, migration.name))
                         applied.append(migration.name)
                 cur.execute("COMMIT")
+                self._schema_found = max(found, known)
                 return applied
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None

@@ -225,6 +225,9 @@ def test_no_request_gets_a_5xx_or_a_malformed_error(target, request, caller):
     resp = app.request(url, method=method, headers={**extra_headers, **callers[caller]}, body=body,
                        expect_errors=True)
     COUNTS[(mode, label, caller, resp.status_int)] += 1
+    if label == "admin read-only" and method == "PUT":
+        # Maintenance mode answers every write 503 by design: it lasts one example, not the rest of the run.
+        app.app.registry.set_read_only(False)
     check_answer(resp)
 
 

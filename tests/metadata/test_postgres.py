@@ -92,6 +92,7 @@ def test_event_delivery_arrives_by_migration_without_stopping_the_previous_relea
         create_app(hooked)
     create_app(Config(data=str(tmp_path / "data"), database=empty_url)).registry.close()  # no endpoint: serves
     assert current.migrate() == [m.name for m in MIGRATIONS[1:]]
+    assert current.outbox().endpoint_states() == {}  # the same process, once migrated
     previous.check_schema()
     previous.record_blob("repo", blob("after"))  # the previous release on the new schema
     migrated = PostgresMetadata(empty_url)
