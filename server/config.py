@@ -151,6 +151,11 @@ class Config:
                                  "`options`. File only.")
     upstreams: tuple = _setting((), "Pull-through cache: TOML `[[upstreams]]` tables, each an upstream registry "
                                 "and the repository names it serves (see Pull-through cache). File only.")
+    notifications: tuple = _setting((), "Event endpoints: TOML `[[notifications]]` tables (name, url, headers, "
+                                    "secret, actions, repositories, media_types, format, retries; see Events). "
+                                    "File only.")
+    events_retention: int = _setting(7 * 86400, "Seconds a delivered event is kept in the outbox (for replay) "
+                                     "before it is pruned.", minimum=60)
 
     def __post_init__(self) -> None:
         try:
@@ -162,6 +167,11 @@ class Config:
         if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             # Never echo the value: a URL may hold a password.
             raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")
+        if self.notifications:
+            from .events import Endpoint
+
+            if not all(isinstance(entry, Endpoint) for entry in self.notifications):  # tables given directly
+                object.__setattr__(self, "notifications", _coerce("notifications", list(self.notifications)))
         if not UI_PREFIX_RE.fullmatch(self.ui_prefix) or self.ui_prefix.startswith(("/v2/", "/auth/")):
             raise ConfigError(f"setting 'ui_prefix': expected a path like /ui/ (letters, digits, - _ . /; not "
                               f"under /v2/ or /auth/), got {self.ui_prefix!r}")
@@ -264,6 +274,13 @@ def _coerce(name: str, value: Any) -> Any:
         return _quota_entries(value)
     if name == "storage":
         return _storage_table(value)
+    if name == "notifications":
+        from .events import parse_endpoints
+
+        try:
+            return parse_endpoints(value)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'notifications': {exc}") from None
     f = SETTINGS[name] if not name.startswith("storage.") else STORAGE_SETTINGS[name.removeprefix("storage.")]
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
     if kind is bool:
@@ -318,7 +335,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
             if name.startswith("storage_") and name.removeprefix("storage_") in STORAGE_SETTINGS:
                 storage_environ[name.removeprefix("storage_")] = value
                 continue
-            if name not in SETTINGS or name in ("middleware", "quotas", "storage", "upstreams"):
+            if name not in SETTINGS or name in ("middleware", "quotas", "storage", "upstreams", "notifications"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():

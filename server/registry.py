@@ -25,9 +25,10 @@ from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata
 from .mirror import Mirror
-from .model import (BlobRecord, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadLimits, UploadSession,
-                    UploadState)
+from .model import (BlobRecord, Caller, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadLimits,
+                    UploadSession, UploadState)
 from .names import Digest, parse_digest, parse_reference
+from .notify import Notifications
 from .parsing import content_range
 from .quotas import Quota
 from .storage import BlobStore
@@ -67,7 +68,10 @@ class Registry:
         self._new_id = new_id
         self.quotas = tuple(Quota(pattern, limit) for pattern, limit in config.quotas)
         self.upload_limits = UploadLimits(config.upload_sessions_per_repository, config.upload_sessions_per_user)
-        self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
+        self.notifications = Notifications(config, metadata, clock=clock)
+        self._events = self.notifications.events  # builds a change's events for the endpoints that want them
+        self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age,
+                                    events=self._events)
         self._manifest_bytes = BoundedCache(max_bytes=MANIFEST_CACHE_BYTES)
         self._read_only_checked = (-1.0, False)
         # The pull-through cache (issue 16): the repositories `[[upstreams]]` serve are read and filled there.
@@ -97,19 +101,27 @@ class Registry:
             return None
         return self._store.redirect(blob.key, blob.digest, blob.size)
 
-    def delete_blob(self, name: str, digest: str) -> None:
+    def delete_blob(self, name: str, digest: str, caller: Caller | None = None) -> None:
         self._writable(name)
-        if not self._metadata.unlink_blob(name, str(parse_digest(digest))):
+        parsed = str(parse_digest(digest))
+        events = self._events.blob_deleted(name, parsed, caller)
+        if not self._metadata.unlink_blob(name, parsed, events=events):
             raise BlobUnknown({"digest": digest})
+        self.notifications.wake(events)
 
-    def mount(self, name: str, source: str, digest: str) -> BlobRecord | None:
+    def mount(self, name: str, source: str, digest: str, caller: Caller | None = None) -> BlobRecord | None:
         """Cross-repository mount; None when the blob is not readable in `source` (the caller opens a session)."""
         self._writable(name)
         try:
             parsed = parse_digest(digest)
         except DigestInvalid:
             return None
-        return self._metadata.mount_blob(name, source, str(parsed), quotas=self.quotas_for(name))
+        events = []
+        if self._events and (known := self._metadata.blob(source, str(parsed))) is not None:
+            events = self._events.blob_mounted(name, source, known.digest, known.size, caller)
+        mounted = self._metadata.mount_blob(name, source, str(parsed), quotas=self.quotas_for(name), events=events)
+        self.notifications.wake(events)
+        return mounted
 
     # -- uploads -------------------------------------------------------------------------------------------------
 
@@ -142,7 +154,8 @@ class Registry:
             self._append(session, body)
             return session
 
-    def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body) -> StoredBlob:
+    def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body,
+                      caller: Caller | None = None) -> StoredBlob:
         """The closing PUT: append an optional last chunk, verify the digest, commit the blob."""
         self._writable(name)
         if not digest:
@@ -156,7 +169,7 @@ class Registry:
                 self._check_room(name, session.length, body)
                 self._append(session, body)
             stored = self._commit(session, parsed)
-        return self._record(name, stored, session_id)
+        return self._record(name, stored, session_id, caller)
 
     def cancel_upload(self, name: str, session_id: str) -> None:
         self._writable(name)
@@ -165,7 +178,8 @@ class Registry:
             self._metadata.delete_upload(session_id)
             self._store.abort_upload(session_id, session.state)
 
-    def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None) -> StoredBlob:
+    def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None,
+                          caller: Caller | None = None) -> StoredBlob:
         """POST ...?digest= with the whole blob as the body: a session of one request."""
         self._writable(name)
         parsed = parse_digest(digest)
@@ -182,7 +196,7 @@ class Registry:
             self._metadata.delete_upload(session_id)
             self._store.abort_upload(session_id, session.state)
             raise
-        return self._record(name, stored, session_id)
+        return self._record(name, stored, session_id, caller)
 
     def _append(self, session: UploadSession, body: Body) -> None:
         state = self._store.append(session.id, session.state, body.source)
@@ -199,17 +213,19 @@ class Registry:
             self._store.abort_upload(session.id, session.state)
             raise
 
-    def _record(self, name: str, stored: StoredBlob, session_id: str) -> StoredBlob:
+    def _record(self, name: str, stored: StoredBlob, session_id: str, caller: Caller | None = None) -> StoredBlob:
         """Make a committed blob visible. A refusal raised inside the transaction (a quota) rolled it back, so
         nobody can reach the new key: it goes at once. Any other failure leaves the key to the orphan sweep, which
         checks the metadata first (a commit whose acknowledgement was lost must not lose its bytes)."""
+        events = self._events.blob_pushed(name, stored.digest, stored.size, caller)
         try:
             redundant = self._metadata.record_blob(name, stored, session_id=session_id,
-                                                   quotas=self.quotas_for(name))
+                                                   quotas=self.quotas_for(name), events=events)
         except RegistryError:
             self._store.delete(stored.key)
             self._metadata.delete_upload(session_id)
             raise
+        self.notifications.wake(events)
         if redundant is not None:
             self._store.delete(redundant)
         return stored
@@ -287,7 +303,8 @@ class Registry:
 
     # -- manifests -----------------------------------------------------------------------------------------------
 
-    def put_manifest(self, name: str, reference: str, data: bytes, content_type: str | None) -> StoredManifest:
+    def put_manifest(self, name: str, reference: str, data: bytes, content_type: str | None,
+                     caller: Caller | None = None) -> StoredManifest:
         self._writable(name)
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
@@ -300,7 +317,13 @@ class Registry:
             digest = Digest.of(data)
             tag = ref
         manifest = parse_manifest(data, content_type, digest)
-        self._metadata.put_manifest(name, manifest, tag)
+        events = []
+        if self._events:  # `tag` (only a tag moved) or `push`: whether the repository held the manifest already
+            present = self._metadata.manifest(name, digest=manifest.digest) is not None
+            events = self._events.manifest_pushed(name, manifest.digest, manifest.media_type, len(data), tag, caller,
+                                                  present=present)
+        self._metadata.put_manifest(name, manifest, tag, events=events)
+        self.notifications.wake(events)
         return StoredManifest(manifest.digest, manifest.subject)
 
     def manifest(self, name: str, reference: str, *, with_data: bool = True) -> ManifestRecord:
@@ -328,16 +351,23 @@ class Registry:
                 self._manifest_bytes.put(record.digest, record.data)
         return record
 
-    def delete_manifest(self, name: str, reference: str) -> None:
-        """By digest: the manifest and its tags go. By tag: only that tag goes."""
+    def delete_manifest(self, name: str, reference: str, caller: Caller | None = None) -> None:
+        """By digest: the manifest and its tags go (an event for each, as Distribution reports them). By tag: only
+        that tag goes."""
         self._writable(name)
         ref = self._lookup_reference(reference)
-        deleted = (self._metadata.delete_manifest(name, str(ref)) if isinstance(ref, Digest)
-                   else self._metadata.delete_tag(name, ref))
+        if isinstance(ref, Digest):
+            tags = self._metadata.tags_of(name, str(ref)) if self._events else ()
+            events = self._events.manifest_deleted(name, str(ref), tags, caller)
+            deleted = self._metadata.delete_manifest(name, str(ref), events=events)
+        else:
+            events = self._events.tag_deleted(name, ref, caller)
+            deleted = self._metadata.delete_tag(name, ref, events=events)
         if not deleted:
             if not self._metadata.repository_exists(name):
                 raise NameUnknown({"name": name})
             raise ManifestUnknown({"reference": reference})
+        self.notifications.wake(events)
 
     @staticmethod
     def _lookup_reference(reference: str) -> str | Digest:
@@ -404,10 +434,12 @@ class Registry:
     def storage_totals(self) -> dict:
         return self._metadata.storage_totals()
 
-    def delete_repository(self, name: str) -> dict:
-        deleted = self._metadata.delete_repository(name)
+    def delete_repository(self, name: str, caller: Caller | None = None) -> dict:
+        events = self._events.repository_deleted(name, caller)
+        deleted = self._metadata.delete_repository(name, events=events)
         if deleted is None:
             raise NameUnknown({"name": name})
+        self.notifications.wake(events)
         counts, sessions = deleted
         for session in sessions:
             self._store.abort_upload(session.id, session.state)
@@ -444,6 +476,37 @@ class Registry:
         """After an unclean stop: finish interrupted deletes, drop upload data no session records."""
         return self._gc.recover()
 
+    # -- events --------------------------------------------------------------------------------------------------
+
+    @property
+    def pulls_wanted(self) -> bool:
+        """Whether any endpoint wants pull events (resources skip `note_pull` otherwise)."""
+        return self._events.pulls_wanted
+
+    def note_pull(self, name: str, record: BlobRecord | ManifestRecord, reference: str | None,
+                  caller: Caller | None = None) -> None:
+        """A pull answered: batched for the endpoints that want pulls (never the outbox); nothing when none do."""
+        if self._events.pulls_wanted:
+            manifest = isinstance(record, ManifestRecord)
+            tag = reference if manifest and reference and ":" not in reference else None  # by tag, not digest
+            self.notifications.note_pull(name, digest=record.digest, size=record.size, tag=tag, manifest=manifest,
+                                         media_type=record.media_type if manifest else "", caller=caller)
+
+    def deliver_events(self) -> int:
+        """One round of the sender (its background loop runs this): the events delivered."""
+        return self.notifications.deliver()
+
+    def event_status(self) -> list[dict]:
+        """Per endpoint: backlog, parked, retrying queues, oldest waiting event, last success and failure."""
+        return self.notifications.status()
+
+    def parked_events(self, endpoint: str, n: int, after: int) -> tuple[list[dict], bool]:
+        return self.notifications.parked(endpoint, n, after)
+
+    def replay_events(self, endpoint: str, ids: list[str] | None = None) -> int:
+        """Queue the endpoint's parked events again (or those named, parked or retained); how many."""
+        return self.notifications.replay(endpoint, ids)
+
     # -- health --------------------------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, str]:
@@ -461,6 +524,7 @@ class Registry:
         return self._metadata.usage()
 
     def close(self) -> None:
+        self.notifications.close()
         if self.mirror is not None:
             self.mirror.close()
         self._metadata.close()

@@ -450,6 +450,14 @@ class RegistryClient:
             yield [TagStats(t["tag"], t["digest"], t.get("media_type", ""), int(t.get("size", 0)),
                             t.get("updated_at", "")) for t in body.get("tags") or []]
 
+    def event_endpoints(self) -> list[dict] | None:
+        """Dockyard's event delivery per notification endpoint (backlog, parked, ...); None from a server without
+        it (an older release)."""
+        try:
+            return list(self._json(self.request("GET", f"{ADMIN}/events")).get("endpoints") or [])
+        except (NotFound, Unsupported):
+            return None
+
     def delete_repository(self, repository: str) -> dict:
         return self._json(self.request("DELETE", f"{ADMIN}/repositories/{repository}", ok=(200, 202)))
 

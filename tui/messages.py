@@ -15,6 +15,7 @@ from .retention import Plan, ReferrerChoice
 class Connected(Message):
     admin: bool
     storage: dict | None = None
+    events: list[dict] | None = None  # notification endpoints' delivery state (admin API), when there are any
 
 
 @dataclass

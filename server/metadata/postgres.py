@@ -57,6 +57,7 @@ from ..quotas import Quota
 from . import Lifecycle, Metadata, blob_in_use, redact, too_many_sessions
 from .postgres_cache import (CHANNEL, EVERYTHING, LISTENER_NAME, DigestCache, gone_blob, gone_manifest,
                              gone_repository)
+from .postgres_outbox import PostgresOutbox, add_events
 from .postgres_schema import CURRENT, MIGRATIONS, MINIMUM, SCHEMA_TABLE, Migration, SchemaError, check_version
 
 try:
@@ -78,6 +79,7 @@ GC_KEY = 1
 LOCK_CLASS = 0x6C6F636B  # "lock"
 QUOTA_CLASS = 0x71756F74  # "quot"
 MIGRATE_KEY = 2
+EVENTS_SCHEMA = 2  # the schema version event delivery needs (postgres_schema's 0002)
 OPTIONS = {"pool_max_size": 10, "pool_min_size": 1, "pool_timeout": 10.0, "statement_timeout": 30000}
 
 # One statement, under the bucket row's lock: refill by the time elapsed (never backwards: nodes' clocks differ a
@@ -356,11 +358,7 @@ class PostgresMetadata(Metadata):
 
     def _add_events(self, cur, events: Sequence[NewEvent]) -> None:
         if events:
-            now = self._clock()
-            cur.execute("INSERT INTO events (repository, action, payload, created_at) "
-                        "SELECT * FROM unnest(%s::TEXT[], %s::TEXT[], %s::TEXT[], %s::DOUBLE PRECISION[])",
-                        ([e.repository for e in events], [e.action for e in events],
-                         [json.dumps(e.payload, separators=(",", ":")) for e in events], [now] * len(events)))
+            add_events(cur, events, self._clock())
 
     # -- lifetime ------------------------------------------------------------------------------------------------
 
@@ -382,6 +380,7 @@ class PostgresMetadata(Metadata):
         """Refuse to start on a schema this code cannot use (postgres_schema's rules); the version found."""
         found = self.schema_version()
         check_version(found, current=self._migrations[-1].version, minimum=self._minimum)
+        self._schema_found = found
         return found
 
     def migrate(self) -> list[str]:
@@ -408,6 +407,7 @@ class PostgresMetadata(Metadata):
                                     (migration.version, migration.name))
                         applied.append(migration.name)
                 cur.execute("COMMIT")
+                self._schema_found = max(found, known)
                 return applied
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
@@ -1189,6 +1189,19 @@ class PostgresMetadata(Metadata):
             return cur.fetchall()
         return [(row[0], NewEvent(row[1], row[2], json.loads(row[3])), row[4]) for row in self._read(body)]
 
+    def outbox(self) -> PostgresOutbox:
+        if getattr(self, "_schema_found", EVENTS_SCHEMA) < EVENTS_SCHEMA:
+            raise SchemaError(f"event delivery needs schema version {EVENTS_SCHEMA} (the database has "
+                              f"{self._schema_found}): run `dockyard migrate`")
+        return PostgresOutbox(self)
+
+    def tags_of(self, repository: str, digest: str) -> list[str]:
+        def body(cur):
+            cur.execute("SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                        "WHERE r.name = %s AND t.digest = %s ORDER BY t.name", (repository, digest))
+            return [r[0] for r in cur.fetchall()]
+        return self._read(body)
+
 
 def _key(name: str) -> int:
     """A name as the int4 second half of an advisory lock key."""
@@ -1287,6 +1300,9 @@ class PostgresLifecycle(Lifecycle):
                     "AND NOT EXISTS (SELECT 1 FROM manifest_references x WHERE x.repository_id = l.repository_id "
                     "AND x.child = l.digest)", (repository_id,))
         return doomed
+
+    def add_events(self, events: Sequence[NewEvent]) -> None:
+        add_events(self.cur, events, self._clock())
 
 
 _INSTANCES: "weakref.WeakSet[PostgresMetadata]" = weakref.WeakSet()

@@ -33,9 +33,10 @@ from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageU
                      UploadSession, UploadState)
 from ..quotas import Quota
 from . import Lifecycle, Metadata, blob_in_use, too_many_sessions
-from .sqlite_queries import (DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE, ORPHAN_MANIFEST_CONTENT,
-                             REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS, TAG_PAGE)
-from .sqlite_queries import CACHE_CANDIDATES, REPOSITORY_ACTIVE
+from .sqlite_queries import (CACHE_CANDIDATES, DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE,
+                             ORPHAN_MANIFEST_CONTENT, REPOSITORY_ACTIVE, REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS,
+                             TAG_PAGE)
+from .sqlite_outbox import SqliteOutbox, add_events
 from .sqlite_schema import migrations
 
 log = logging.getLogger("dockyard")
@@ -199,10 +200,7 @@ class SqliteMetadata(Metadata):
 
     def _add_events(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> None:
         if events:
-            now = self._clock()
-            conn.executemany("INSERT INTO events (repository, action, payload, created_at) VALUES (?, ?, ?, ?)",
-                             [(e.repository, e.action, json.dumps(e.payload, separators=(",", ":")), now)
-                              for e in events])
+            add_events(conn, events, self._clock())
 
     # -- repositories and listings -------------------------------------------------------------------------------
 
@@ -772,6 +770,15 @@ class SqliteMetadata(Metadata):
                                 "ORDER BY id LIMIT ?", (after, limit)).fetchall()
         return [(row[0], NewEvent(row[1], row[2], json.loads(row[3])), row[4]) for row in rows]
 
+    def outbox(self) -> SqliteOutbox:
+        return SqliteOutbox(self)
+
+    def tags_of(self, repository: str, digest: str) -> list[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "WHERE r.name = ? AND t.digest = ? ORDER BY t.name", (repository, digest))]
+
 
 SESSION_COLUMNS = "u.id, r.name, u.length, u.state, u.created_at, u.updated_at, u.monolithic"
 
@@ -854,3 +861,6 @@ class SqliteLifecycle(Lifecycle):
                           "(SELECT 1 FROM manifest_references x WHERE x.repository_id = repository_blobs.repository_id "
                           "AND x.child = repository_blobs.digest)", (repository_id,))
         return doomed
+
+    def add_events(self, events: Sequence[NewEvent]) -> None:
+        add_events(self.conn, events, self._clock())

@@ -35,6 +35,8 @@ class BlobResource(Resource):
         blob = self.registry.blob(name, digest, pull=True)
         blob_headers(resp, blob)
         resp.cache_control = ["max-age=31536000"]
+        if self.registry.pulls_wanted:
+            self.registry.note_pull(name, blob, None, self.caller(req))
         redirect = self.registry.blob_redirect(blob)
         if redirect is not None and redirect.kind == "accel":
             # nginx keeps only some upstream headers on an internal redirect; its location re-adds these from
@@ -59,6 +61,6 @@ class BlobResource(Resource):
         resp.set_stream(self.registry.read_blob(blob, start, end - start + 1), end - start + 1)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        self.registry.delete_blob(name, digest)
+        self.registry.delete_blob(name, digest, self.caller(req))
         resp.status = falcon.HTTP_202
         resp.content_length = 0

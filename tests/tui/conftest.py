@@ -280,8 +280,9 @@ def make_registry(tmp_path):
     """`make_registry(middleware=(), clock=pushed_clock, like_distribution=False)`: a fresh in-process registry."""
     made = []
 
-    def make(*, middleware: tuple = (), clock=pushed_clock, like_distribution: bool = False) -> InProcessRegistry:
-        config = Config(data=str(tmp_path / f"data{len(made)}"), middleware=middleware)
+    def make(*, middleware: tuple = (), clock=pushed_clock, like_distribution: bool = False,
+             **settings) -> InProcessRegistry:
+        config = Config(data=str(tmp_path / f"data{len(made)}"), middleware=middleware, **settings)
         app = create_app(config, clock=clock)
         made.append(InProcessRegistry(app, Transport(app, like_distribution=like_distribution)))
         return made[-1]

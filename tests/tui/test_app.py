@@ -275,3 +275,15 @@ def test_a_long_platform_list_follows_the_cursor_and_shows_platforms_as_text(reg
         assert "application/y[/i]" in screen_text(pilot.app)  # its layer's media type
 
     run_app(app, scenario)
+
+
+def test_the_event_backlog_is_on_the_title_line(make_registry):
+    """Issue 17: with notification endpoints, the title says how many events wait and how many are parked."""
+    registry = make_registry(notifications=({"name": "ci", "url": "http://127.0.0.1:9/hook", "actions": ["push"],
+                                             "media_types": ["application/vnd.oci.image.manifest.v1+json"]},))
+    seed(registry.url, transport=registry.transport)
+
+    async def scenario(pilot):
+        assert "3 repositories   events: 8 waiting, 0 parked" in screen_text(pilot.app)
+
+    run_app(RegistryApp(registry.client()), scenario)
