@@ -12,7 +12,9 @@ requests of one session are serialised across the workers of the host. Each appe
 (fdatasync) before its new length and saved hash are returned for the metadata to record: after a crash, a recorded
 length never points past the bytes on disk. Commit checks the digest against the saved hash (sha512 digests are
 hashed from the file), fsyncs the file, renames it into `blobs/` under its key (same filesystem: atomic) and fsyncs
-the directory. A key is never reused, so a delete can never remove a blob committed again after it (see the
+the directory. A body larger than a few megabytes is written back while it arrives and leaves the page cache once
+it is on disk (`writeback`): a push reuses the same warm pages instead of filling the cache with a blob, and the
+closing fdatasync has little left to wait for; the blob's first pull then reads it from disk. A key is never reused, so a delete can never remove a blob committed again after it (see the
 package docstring for the protocol).
 
 With `accel_prefix` (nginx in front, the `accel_redirect` setting) a download leaves as `X-Accel-Redirect:
@@ -43,7 +45,8 @@ from ..model import Redirect, StoredBlob, StoredObject, UploadState
 from ..names import ALGORITHMS, Digest
 from . import BlobStore
 from .hashing import ResumableSha256
-from .streaming import pump
+from .streaming import BufferPool, pump
+from .writeback import WINDOW, WriteBehind
 
 if TYPE_CHECKING:
     from ..bodies import Source
@@ -83,9 +86,11 @@ class FilesystemStore(BlobStore):
     driver = "filesystem"
 
     def __init__(self, root: str | os.PathLike, *, block_size: int = 1024 * 1024, accel_prefix: str = "",
-                 min_free_space: int = 256 * 1024 * 1024):
+                 min_free_space: int = 256 * 1024 * 1024, write_behind: int = WINDOW):
         self.root = Path(root)
         self.block_size = block_size
+        self.write_behind = write_behind
+        self._buffers = BufferPool(block_size)
         self.accel_prefix = accel_prefix.rstrip("/")
         self._blobs = self.root / "blobs"
         self._uploads = self.root / "uploads"
@@ -197,6 +202,7 @@ class FilesystemStore(BlobStore):
             os.ftruncate(fd, start)  # bytes past the recorded length were never acknowledged
             os.lseek(fd, start, os.SEEK_SET)
             since_check = [0]
+            behind = WriteBehind(fd, start, self.write_behind)
 
             def write(view: memoryview) -> None:
                 since_check[0] += len(view)
@@ -204,11 +210,13 @@ class FilesystemStore(BlobStore):
                     since_check[0] = 0
                     self.room_for(0)
                 _write_all(fd, view)
+                behind.wrote(len(view))
 
             try:
                 with _full_is_507():
-                    written = pump(source, write, hasher, self.block_size)
+                    written = pump(source, write, hasher, self.block_size, self._buffers)
                     os.fdatasync(fd)
+                behind.durable()
             except BaseException:
                 _truncate_quietly(fd, start)  # and so the space it took is free again at once
                 raise

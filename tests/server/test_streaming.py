@@ -1,0 +1,166 @@
+"""Moving bodies into the store (dockyard.server.storage.streaming and .writeback): every byte written and hashed,
+blocks reused and bounded, large bodies written back and dropped from the cache without losing a write error.
+Issue 18."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import threading
+
+import pytest
+
+from dockyard.server.bodies import StreamSource
+from dockyard.server.names import Digest
+from dockyard.server.storage import streaming
+from dockyard.server.storage.filesystem import FilesystemStore
+from dockyard.server.storage.streaming import BufferPool, pump
+from dockyard.server.storage.writeback import WAIT_AFTER, WAIT_BEFORE, WRITE, WriteBehind
+
+SESSION = "0f0f0f0f-0000-4000-8000-000000000018"
+
+
+def test_pump_writes_and_hashes_every_byte_and_gives_its_blocks_back():
+    data = os.urandom(4096 * 9 + 17)
+    pool = BufferPool(4096, keep=8)
+    out = bytearray()
+    hasher = hashlib.sha256()
+    assert pump(StreamSource(io.BytesIO(data), len(data)), out.extend, hasher, 4096, pool) == len(data)
+    assert bytes(out) == data and hasher.digest() == hashlib.sha256(data).digest()
+    assert 1 <= pool.kept <= streaming.BUFFERS
+    kept = pool.kept
+    pump(StreamSource(io.BytesIO(data), len(data)), bytearray().extend, hashlib.sha256(), 4096, pool)
+    assert pool.kept == kept  # the second body took the same blocks again
+
+
+def test_a_pool_keeps_at_most_keep_blocks():
+    pool = BufferPool(16, keep=2)
+    pool.give([bytearray(16) for _ in range(5)])
+    assert pool.kept == 2
+    assert len(pool.take()) == 16 and pool.kept == 1
+
+
+class SlowSource:
+    """A client sending one block only once the previous one was hashed: what a slow push looks like."""
+
+    def __init__(self, blocks: int, size: int):
+        self.left = blocks
+        self.size = size
+        self.hashed = threading.Semaphore(1)
+
+    def readinto(self, buf) -> int:
+        if not self.left:
+            return 0
+        assert self.hashed.acquire(timeout=10)
+        self.left -= 1
+        buf[:self.size] = b"x" * self.size
+        return self.size
+
+
+class Hasher:
+    def __init__(self, source: SlowSource):
+        self.source = source
+
+    def update(self, data) -> None:
+        self.source.hashed.release()
+
+
+def test_a_slow_body_holds_two_blocks_not_buffers():
+    source = SlowSource(blocks=20, size=4096)
+    taken = []
+    pool = BufferPool(4096, keep=8)
+    original = pool.take
+    pool.take = lambda: taken.append(1) or original()
+    assert pump(source, lambda view: None, Hasher(source), 4096, pool) == 20 * 4096
+    assert len(taken) == 2
+
+
+def test_a_failing_body_gives_its_blocks_back():
+    pool = BufferPool(4096, keep=8)
+
+    class Broken:
+        calls = 0
+
+        def readinto(self, buf):
+            self.calls += 1
+            if self.calls == 3:
+                raise OSError("gone")
+            return len(buf)
+
+    with pytest.raises(OSError):
+        pump(Broken(), lambda view: None, hashlib.sha256(), 4096, pool)
+    assert 1 <= pool.kept <= streaming.BUFFERS
+
+
+class Calls:
+    """A stand-in for sync_file_range that records its calls and can fail."""
+
+    def __init__(self, fail_with: int = 0):
+        self.calls: list[tuple[int, int, int]] = []
+        self.fail_with = fail_with
+
+    def __call__(self, fd, offset, length, flags) -> int:
+        self.calls.append((offset, length, flags))
+        if self.fail_with:
+            import ctypes
+            ctypes.set_errno(self.fail_with)
+            return -1
+        return 0
+
+
+def test_write_behind_starts_each_window_and_waits_for_the_one_before(tmp_path):
+    calls = Calls()
+    with open(tmp_path / "f", "wb") as fh:
+        behind = WriteBehind(fh.fileno(), 100, window=10, sync_file_range=calls)
+        for _ in range(7):
+            behind.wrote(5)  # 35 bytes: three whole windows from offset 100
+        assert calls.calls == [(100, 10, WRITE), (110, 10, WRITE), (100, 10, WAIT_BEFORE | WRITE | WAIT_AFTER),
+                               (120, 10, WRITE), (110, 10, WAIT_BEFORE | WRITE | WAIT_AFTER)]
+        assert behind.dropped == 120
+        behind.durable()
+        assert behind.dropped == 135
+
+
+def test_a_small_body_is_left_in_the_cache(tmp_path):
+    calls = Calls()
+    with open(tmp_path / "f", "wb") as fh:
+        behind = WriteBehind(fh.fileno(), 0, window=10, sync_file_range=calls)
+        behind.wrote(9)
+        behind.durable()
+        assert calls.calls == [] and behind.dropped == 0
+
+
+def test_a_failed_writeback_is_raised_not_left_for_fdatasync_to_miss(tmp_path):
+    """sync_file_range reports a writeback error to the file descriptor once: swallowing it would let the closing
+    fdatasync succeed and a 201 acknowledge lost bytes."""
+    with open(tmp_path / "f", "wb") as fh:
+        behind = WriteBehind(fh.fileno(), 0, window=10, sync_file_range=Calls(errno.EIO))
+        with pytest.raises(OSError) as raised:
+            behind.wrote(10)
+        assert raised.value.errno == errno.EIO
+
+
+def test_a_filesystem_without_sync_file_range_just_writes(tmp_path):
+    calls = Calls(errno.EINVAL)
+    with open(tmp_path / "f", "wb") as fh:
+        behind = WriteBehind(fh.fileno(), 0, window=10, sync_file_range=calls)
+        behind.wrote(50)
+        behind.durable()
+        assert len(calls.calls) == 1 and behind.sync is None
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 7])
+def test_a_body_of_many_windows_commits_intact(tmp_path, chunks):
+    store = FilesystemStore(tmp_path / "store", block_size=4096, write_behind=8192)
+    data = os.urandom(8192 * 12 + 5)
+    state = store.open_upload(SESSION)
+    step = -(-len(data) // chunks)
+    with store.upload_lock(SESSION):
+        for start in range(0, len(data), step):
+            part = data[start:start + step]
+            state = store.append(SESSION, state, StreamSource(io.BytesIO(part), len(part)))
+        blob = store.commit(SESSION, state, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    with store.read(blob.key) as stream:
+        assert stream.read() == data
