@@ -37,7 +37,7 @@ def test_pump_writes_and_hashes_every_byte_and_gives_its_blocks_back():
 
 def test_a_pool_keeps_at_most_keep_blocks():
     pool = BufferPool(16, keep=2)
-    pool.give([bytearray(16) for _ in range(5)])
+    pool.give([pool.take() for _ in range(5)])
     assert pool.kept == 2
     assert len(pool.take()) == 16 and pool.kept == 1
 
@@ -67,14 +67,41 @@ class Hasher:
         self.source.hashed.release()
 
 
-def test_a_slow_body_holds_two_blocks_not_buffers():
-    source = SlowSource(blocks=20, size=4096)
+def counting(pool: BufferPool) -> list:
     taken = []
-    pool = BufferPool(4096, keep=8)
     original = pool.take
     pool.take = lambda: taken.append(1) or original()
+    return taken
+
+
+def test_a_body_that_waits_for_its_hash_takes_a_second_block_not_buffers(monkeypatch):
+    monkeypatch.setattr(streaming, "SLOW_BLOCK_SECONDS", float("inf"))  # the pipeline, whatever the speed
+    source = SlowSource(blocks=20, size=4096)
+    pool = BufferPool(4096, keep=8)
+    taken = counting(pool)
     assert pump(source, lambda view: None, Hasher(source), 4096, pool) == 20 * 4096
     assert len(taken) == 2
+
+
+def test_a_slow_body_is_hashed_in_one_block_by_the_receiving_thread(monkeypatch):
+    monkeypatch.setattr(streaming, "SLOW_BLOCK_SECONDS", 0.0)  # every first block counts as slow
+    data = os.urandom(4096 * 20 + 3)
+    pool = BufferPool(4096, keep=8)
+    taken = counting(pool)
+    threads = set()
+
+    class Recording:
+        inner = hashlib.sha256()
+
+        def update(self, view):
+            threads.add(threading.get_ident())
+            self.inner.update(view)
+
+    hasher = Recording()
+    out = bytearray()
+    assert pump(StreamSource(io.BytesIO(data), len(data)), out.extend, hasher, 4096, pool) == len(data)
+    assert bytes(out) == data and hasher.inner.digest() == hashlib.sha256(data).digest()
+    assert len(taken) == 1 and threads == {threading.get_ident()}
 
 
 def test_a_failing_body_gives_its_blocks_back():
