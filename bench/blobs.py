@@ -73,6 +73,7 @@ FIGURES = {
     "push_monolithic": "push, monolithic",
     "push_chunked": "push, chunked",
     "pull": "pull",
+    "pull_again": "pull again",
 }
 PROXY_FIGURE = "pull_proxy"  # measured only when run_rounds is given a proxy in front of a registry
 FIGURES_WITH_PROXY = FIGURES | {PROXY_FIGURE: "pull through nginx"}
@@ -403,6 +404,7 @@ def run_figures(
         "push_monolithic": measure(target, mono.size, lambda: client.push_monolithic(mono)),
         "push_chunked": measure(target, chunked.size, lambda: client.push_chunked(chunked, chunk)),
         "pull": measure(target, mono.size, lambda: client.pull(mono)),
+        "pull_again": measure(target, mono.size, lambda: client.pull(mono)),
     }
     if proxy:
         figures[PROXY_FIGURE] = measure(target, mono.size, lambda: proxy.pull(mono))

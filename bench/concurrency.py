@@ -290,29 +290,54 @@ def workload(port: int, seeded: Seeded, level: tuple[int, int, int], seconds: fl
                             static=static)
 
 
+class WindowCpu:
+    """CPU used within the measurement window (from wall-clock `start_at`, `seconds` long): by each process tree
+    in `roots` and by the whole machine. A thread samples at both ends."""
+
+    def __init__(self, roots: dict[str, int], start_at: float, seconds: float):
+        self.roots = roots
+        self.start_at = start_at
+        self.seconds = seconds
+        self.cores: dict[str, float] = {}
+        self.machine_busy = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="window-cpu")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._thread.join()
+
+    def _sample(self) -> tuple[dict[str, float], tuple[int, int]]:
+        return {name: cpu_seconds(pid) for name, pid in self.roots.items()}, machine_times()
+
+    def _run(self) -> None:
+        time.sleep(max(0.0, self.start_at - time.time()))
+        began, machine_began = self._sample()
+        time.sleep(self.seconds)
+        ended, machine_ended = self._sample()
+        self.cores = {name: (ended[name] - began[name]) / self.seconds for name in self.roots}
+        self.machine_busy = (machine_ended[0] - machine_began[0]) / max(1, machine_ended[1] - machine_began[1])
+
+
 def measure(name: str, port: int, server_pid: int | None, nginx_pid: int, work: loadgen.Workload,
             processes: int) -> Sample:
     os.sync()
+    start_at = loadgen.start_time(work)
     sampler = RssSampler(server_pid) if server_pid else None
+    roots = {"nginx": nginx_pid} | ({"server": server_pid} if server_pid else {})
     with ExitStack() as watching:
         if sampler:
             watching.enter_context(sampler)
         files = watching.enter_context(FileSampler(nginx_pid))
-        server_before = cpu_seconds(server_pid) if server_pid else 0.0
-        nginx_before = cpu_seconds(nginx_pid)
-        machine_before = machine_times()
-        result = loadgen.run(work, processes)
-        machine_after = machine_times()
-        server_cpu = (cpu_seconds(server_pid) - server_before) if server_pid else 0.0
-        nginx_cpu = cpu_seconds(nginx_pid) - nginx_before
-    # The CPU figures span the whole run (connecting, start delay, grace); the window is most of it.
-    busy = (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1])
-    span = work.seconds
+        window = watching.enter_context(WindowCpu(roots, start_at, work.seconds))
+        result = loadgen.run(work, processes, start_at)
     return Sample(
         target=name, seconds=result.seconds,
         classes={c: class_summary(result.classes[c], result.seconds) for c in loadgen.CLASSES},
-        generator_cpu=result.cpu_seconds / span, machine_busy=busy, server_cpu=server_cpu / span,
-        nginx_cpu=nginx_cpu / span,
+        generator_cpu=result.cpu_seconds / result.seconds, machine_busy=window.machine_busy,
+        server_cpu=window.cores.get("server", 0.0), nginx_cpu=window.cores["nginx"],
         rss_largest_mib=sampler.peak_process / (1 << 20) if sampler else None,
         rss_all_mib=sampler.peak_total / (1 << 20) if sampler else None,
         nginx_files=files.most)

@@ -10,11 +10,13 @@ over a few processes (`run`), each with its own event loop, so that the generato
   end. Latency: the whole image.
 - **readers** GET the manifest by digest again and again. Latency: one request.
 
-All clients connect before the clock starts, and the processes start together at a given wall-clock time. A client
-starts no new operation after `seconds`; what is still running then gets `grace` seconds to finish and is then
-cancelled, not counted. Throughput counts the bytes that arrived (or left, for pushers) within the window. Any
-unexpected status, a broken connection or a request slower than `timeout` is an error, counted per class with the
-first few messages; the client then reconnects and goes on.
+All clients connect before the clock starts, and the processes start together at a given wall-clock time. The
+window is `seconds` long. Operations started within it are recorded (latency or error); they are given up to
+`grace` seconds more to finish, and meanwhile every client keeps the load on with operations that are not
+recorded, so the last recorded ones do not finish on an idle server. Rates count the operations that also ended
+within the window; throughput counts the bytes that arrived (or left, for pushers) within it. Any unexpected
+status, a broken connection or a request slower than `timeout` is an error, counted per class with the first few
+messages; the client then reconnects and goes on.
 
 `static=True` (the ceiling: nginx serving the same bytes as files) expects the same answers; nginx there throws
 upload bodies away and answers with a fixed Location.
@@ -215,9 +217,15 @@ class Generator:
         self.payload = payload[:work.push_size - TAIL]
         self.payload_hash = hashlib.sha256(self.payload)
         self.pushes = 0
+        self.in_flight = 0  # operations started within the window, not ended yet
 
-    def in_window(self) -> bool:
-        return time.monotonic() < self.deadline
+    def going(self) -> bool:
+        """Whether a client starts another operation: always within the window; after it, only while operations
+        that started within it are still running (so those finish under the same load), at most `grace` s."""
+        now = time.monotonic()
+        if now < self.deadline:
+            return True
+        return self.in_flight > 0 and now < self.deadline + self.work.grace
 
     def counter(self, result: ClassResult):
         def count(n: int) -> None:
@@ -225,35 +233,48 @@ class Generator:
                 result.bytes += n
         return count
 
-    async def pusher(self, client: Client) -> None:
-        work, result = self.work, self.results["pushers"]
-        while self.in_window():
-            self.pushes += 1
-            tail = hashlib.sha256(b"%d %d %d %f" % (self.seed, id(client), self.pushes, time.time())).digest()
-            hasher = self.payload_hash.copy()
-            hasher.update(tail)
-            digest = f"sha256:{hasher.hexdigest()}"
+    async def loop(self, name: str, client: Client, operation) -> None:
+        """Run `operation` again and again. Operations started within the window are recorded: their latency, or
+        their error; those that also ended within it count for the rate."""
+        result = self.results[name]
+        while self.going():
+            recorded = time.monotonic() < self.deadline
+            self.in_flight += recorded
             started = time.monotonic()
             try:
-                status, headers = await client.request("POST", f"/v2/{work.push_repository}/blobs/uploads/")
-                if status != 202 or "location" not in headers:
-                    raise HttpError(f"POST upload: {status}")
-                status, headers = await client.request(
-                    "PATCH", _path(headers["location"]), {"Content-Type": "application/octet-stream"},
-                    paced=self.paced(self.payload + tail, result), paced_seconds=work.push_size / work.push_rate)
-                if status != 202 or "location" not in headers:
-                    raise HttpError(f"PATCH upload: {status}")
-                location = _path(headers["location"])
-                status, _ = await client.request("PUT", f"{location}{'&' if '?' in location else '?'}digest={digest}")
-                if status != 201:
-                    raise HttpError(f"PUT upload: {status}")
+                await operation(client, result)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     HttpError, ValueError) as exc:
-                result.error(f"push: {type(exc).__name__}: {exc}")
+                if recorded:
+                    result.error(f"{name}: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.1)
-                continue
-            result.operations += 1
-            result.latencies_ms.append((time.monotonic() - started) * 1e3)
+            else:
+                ended = time.monotonic()
+                if recorded:
+                    result.latencies_ms.append((ended - started) * 1e3)
+                    result.operations += ended < self.deadline
+            finally:
+                self.in_flight -= recorded
+
+    async def push(self, client: Client, result: ClassResult) -> None:
+        work = self.work
+        self.pushes += 1
+        tail = hashlib.sha256(b"%d %d %d %f" % (self.seed, id(client), self.pushes, time.time())).digest()
+        hasher = self.payload_hash.copy()
+        hasher.update(tail)
+        digest = f"sha256:{hasher.hexdigest()}"
+        status, headers = await client.request("POST", f"/v2/{work.push_repository}/blobs/uploads/")
+        if status != 202 or "location" not in headers:
+            raise HttpError(f"POST upload: {status}")
+        status, headers = await client.request(
+            "PATCH", _path(headers["location"]), {"Content-Type": "application/octet-stream"},
+            paced=self.paced(self.payload + tail, result), paced_seconds=work.push_size / work.push_rate)
+        if status != 202 or "location" not in headers:
+            raise HttpError(f"PATCH upload: {status}")
+        location = _path(headers["location"])
+        status, _ = await client.request("PUT", f"{location}{'&' if '?' in location else '?'}digest={digest}")
+        if status != 201:
+            raise HttpError(f"PUT upload: {status}")
 
     async def paced(self, data: bytes, result: ClassResult):
         rate = self.work.push_rate
@@ -268,67 +289,46 @@ class Generator:
                 result.bytes += len(piece)
             yield bytes(piece)
 
-    async def puller(self, client: Client) -> None:
-        work, result = self.work, self.results["pullers"]
+    async def pull(self, client: Client, result: ClassResult) -> None:
+        work = self.work
         count = self.counter(result)
         accept = {"Accept": MANIFEST_ACCEPT}
-        while self.in_window():
-            started = time.monotonic()
-            try:
-                status, _ = await client.request("GET", f"/v2/{work.repository}/manifests/{work.tag}", accept,
-                                                 counter=count)
-                if status != 200:
-                    raise HttpError(f"GET manifest by tag: {status}")
-                for digest, _size in work.blobs:
-                    status, _ = await client.request("GET", f"/v2/{work.repository}/blobs/{digest}", counter=count)
-                    if status != 200:
-                        raise HttpError(f"GET blob: {status}")
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    HttpError, ValueError) as exc:
-                result.error(f"pull: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.1)
-                continue
-            result.operations += 1
-            result.latencies_ms.append((time.monotonic() - started) * 1e3)
+        status, _ = await client.request("GET", f"/v2/{work.repository}/manifests/{work.tag}", accept, counter=count)
+        if status != 200:
+            raise HttpError(f"GET manifest by tag: {status}")
+        for digest, _size in work.blobs:
+            status, _ = await client.request("GET", f"/v2/{work.repository}/blobs/{digest}", counter=count)
+            if status != 200:
+                raise HttpError(f"GET blob: {status}")
 
-    async def reader(self, client: Client) -> None:
-        work, result = self.work, self.results["readers"]
-        count = self.counter(result)
-        path = f"/v2/{work.repository}/manifests/{work.digest}"
-        accept = {"Accept": MANIFEST_ACCEPT}
-        while self.in_window():
-            started = time.monotonic()
-            try:
-                status, _ = await client.request("GET", path, accept, counter=count)
-                if status != 200:
-                    raise HttpError(f"GET manifest by digest: {status}")
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    HttpError, ValueError) as exc:
-                result.error(f"manifest: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.1)
-                continue
-            result.operations += 1
-            result.latencies_ms.append((time.monotonic() - started) * 1e3)
+    async def read(self, client: Client, result: ClassResult) -> None:
+        work = self.work
+        status, _ = await client.request("GET", f"/v2/{work.repository}/manifests/{work.digest}",
+                                         {"Accept": MANIFEST_ACCEPT}, counter=self.counter(result))
+        if status != 200:
+            raise HttpError(f"GET manifest by digest: {status}")
 
     async def run(self, start_at: float) -> RunResult:
         work = self.work
-        roles = ([self.pusher] * self.share["pushers"] + [self.puller] * self.share["pullers"]
-                 + [self.reader] * self.share["readers"])
+        roles = ([("pushers", self.push)] * self.share["pushers"] + [("pullers", self.pull)] * self.share["pullers"]
+                 + [("readers", self.read)] * self.share["readers"])
         clients = [Client(work.port, work.timeout) for _ in roles]
         await asyncio.gather(*(client.connect() for client in clients))
         await asyncio.sleep(max(0.0, start_at - time.time()))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self.start = time.monotonic()
         self.deadline = self.start + work.seconds
-        tasks = [asyncio.create_task(role(client)) for role, client in zip(roles, clients)]
-        done, pending = await asyncio.wait(tasks, timeout=work.seconds + work.grace)
+        tasks = [asyncio.create_task(self.loop(name, client, operation))
+                 for (name, operation), client in zip(roles, clients)]
+        await asyncio.sleep(work.seconds)
+        end = resource.getrusage(resource.RUSAGE_SELF)  # the generator's CPU within the window
+        done, pending = await asyncio.wait(tasks, timeout=work.grace + 5)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if task.exception() is not None:
                 raise task.exception()
-        end = resource.getrusage(resource.RUSAGE_SELF)
         for client in clients:
             client.close()
         cpu = (end.ru_utime - usage.ru_utime) + (end.ru_stime - usage.ru_stime)
@@ -359,10 +359,17 @@ def raise_file_limit() -> int:
     return soft
 
 
-def run(work: Workload, processes: int = 2, start_delay: float = 2.0) -> RunResult:
-    """The workload from `processes` processes at once; their results merged."""
-    start_at = time.time() + start_delay + 0.01 * (work.pushers + work.pullers + work.readers)
+def run(work: Workload, processes: int = 2, start_at: float | None = None) -> RunResult:
+    """The workload from `processes` processes at once, the window starting at wall-clock `start_at` (default: in
+    a couple of seconds, once every client has connected); their results merged."""
+    if start_at is None:
+        start_at = start_time(work)
     with ProcessPoolExecutor(processes, mp_context=get_context("fork")) as pool:
         futures = [pool.submit(_process, work, share, os.getpid() * 100 + index, start_at)
                    for index, share in enumerate(shares(work, processes))]
         return RunResult.merged([future.result() for future in futures])
+
+
+def start_time(work: Workload, delay: float = 2.0) -> float:
+    """A wall-clock start leaving every process time to fork and connect all its clients first."""
+    return time.time() + delay + 0.01 * (work.pushers + work.pullers + work.readers)

@@ -358,10 +358,12 @@ def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan,
 
         labels = {"push_monolithic": (f"{size} push, monolithic", at_least(3)),
                   "push_chunked": (f"{size} push, {format_size(plan.chunk)} PATCH chunks", at_least(3)),
-                  "pull": (f"{size} pull, direct", at_least(1)),
+                  "pull": (f"{size} pull, direct, first after the push", at_least(1)),
+                  "pull_again": (f"{size} pull, direct, again", at_least(1)),
                   "pull_proxy": (f"{size} pull, through nginx", at_least(1))}
         for figure, (label, (goal, check)) in labels.items():
-            if figure in by_name["dockyard"].rounds and (figure in figures or figure == "pull_proxy"):
+            measured_with_pull = figure in ("pull_proxy", "pull_again")
+            if figure in by_name["dockyard"].rounds and (figure in figures or measured_with_pull):
                 values = blob_rounds(figure)
                 rows.append(Row(label, "MB/s", median(list(values.dockyard)), median(list(values.reference)), goal,
                                 check, values))
