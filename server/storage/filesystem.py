@@ -8,14 +8,14 @@ domain's `new_id` shape, or a constant):
     uploads/<session id>                                   the bytes of an open upload session, appended in order
 
 A session's file is created when the session opens and locked (flock) for the duration of each request, so the
-requests of one session are serialised across the workers of the host. Each append is flushed to disk
-(fdatasync) before its new length and saved hash are returned for the metadata to record: after a crash, a recorded
-length never points past the bytes on disk. Commit checks the digest against the saved hash (sha512 digests are
-hashed from the file), fsyncs the file, renames it into `blobs/` under its key (same filesystem: atomic) and fsyncs
-the directory. A body larger than a few megabytes is written back while it arrives and leaves the page cache once
-it is on disk (`writeback`): a push reuses the same warm pages instead of filling the cache with a blob, and the
-closing fdatasync has little left to wait for; the blob's first pull then reads it from disk. A key is never reused, so a delete can never remove a blob committed again after it (see the
-package docstring for the protocol).
+requests of one session are serialised across the workers of the host. Each append is flushed to disk (fdatasync)
+before its new length and saved hash are returned for the metadata to record: after a crash, a recorded length never
+points past the bytes on disk. Commit checks the digest against the saved hash (sha512 digests are hashed from the
+file), fsyncs the file, renames it into `blobs/` under its key (same filesystem: atomic) and fsyncs the directory. A
+body larger than a few megabytes is written back while it arrives and leaves the page cache once it is on disk
+(`writeback`): a push reuses the same warm pages instead of filling the cache with a blob, and the closing fdatasync
+has little left to wait for; the blob's first pull then reads it from disk. A key is never reused, so a delete can
+never remove a blob committed again after it (see the package docstring for the protocol).
 
 With `accel_prefix` (nginx in front, the `accel_redirect` setting) a download leaves as `X-Accel-Redirect:
 <prefix>/<key>`: nginx serves the file from an `internal` location aliased to `blobs/`, Range requests included.
@@ -46,7 +46,7 @@ from ..names import ALGORITHMS, Digest
 from . import BlobStore
 from .hashing import ResumableSha256
 from .streaming import BufferPool, pump
-from .writeback import WINDOW, WriteBehind
+from .writeback import DROP_AFTER, WINDOW, WriteBehind
 
 if TYPE_CHECKING:
     from ..bodies import Source
@@ -86,10 +86,11 @@ class FilesystemStore(BlobStore):
     driver = "filesystem"
 
     def __init__(self, root: str | os.PathLike, *, block_size: int = 1024 * 1024, accel_prefix: str = "",
-                 min_free_space: int = 256 * 1024 * 1024, write_behind: int = WINDOW):
+                 min_free_space: int = 256 * 1024 * 1024, write_behind: int = WINDOW, drop_after: int = DROP_AFTER):
         self.root = Path(root)
         self.block_size = block_size
         self.write_behind = write_behind
+        self.drop_after = drop_after
         self._buffers = BufferPool(block_size)
         self.accel_prefix = accel_prefix.rstrip("/")
         self._blobs = self.root / "blobs"
@@ -202,7 +203,7 @@ class FilesystemStore(BlobStore):
             os.ftruncate(fd, start)  # bytes past the recorded length were never acknowledged
             os.lseek(fd, start, os.SEEK_SET)
             since_check = [0]
-            behind = WriteBehind(fd, start, self.write_behind)
+            behind = WriteBehind(fd, start, self.write_behind, self.drop_after)
 
             def write(view: memoryview) -> None:
                 since_check[0] += len(view)

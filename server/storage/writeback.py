@@ -5,18 +5,18 @@ memory that has not been touched lately costs a fault in the hypervisor as well 
 back to the host): profiled during a 512 MiB push, copying into fresh page-cache pages took three quarters of the
 worker's CPU and held the push near 300 MB/s, while the same bytes went to the disk at 1.3-3 GB/s with O_DIRECT.
 
-`WriteBehind` keeps what one body holds in the page cache to a few windows: each time a window of WINDOW bytes is
-complete, its writeback starts (sync_file_range WRITE, which does not wait); the window before it, whose writeback
-started one window earlier, is waited for and dropped from the cache (POSIX_FADV_DONTNEED). The pages freed are
-the ones the next window is written into, so a push keeps reusing the same few megabytes of warm memory, the disk
-works while the body still arrives, and the closing fdatasync has at most two windows left to wait for.
+`WriteBehind` starts the writeback of each WINDOW bytes as soon as they are written (sync_file_range WRITE, which
+does not wait), so the disk works while the body still arrives and the closing fdatasync has little left to wait for
+(with 8 MiB windows, an 8 MiB PATCH started its writeback only when it ended). Once the file is DROP_AFTER long,
+everything but the newest window is also waited for and dropped from the cache (POSIX_FADV_DONTNEED): the pages
+freed are the ones the next window is written into, so a push keeps reusing the same few megabytes of warm memory.
 
 None of this is a durability step: the caller still fdatasyncs (and fsyncs at commit) before it acknowledges
 anything. What it must not do is lose a write error: sync_file_range reports a failed writeback to this file
 descriptor once, and a later fdatasync on it would then succeed, so any error other than "not supported" is raised
 at once, exactly as a failed write would be.
 
-Small bodies (below WINDOW in all) are left alone: configs and small layers stay cached for the pulls that follow.
+Small blobs (below DROP_AFTER in all) stay cached, configs and small layers, for the pulls that follow.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import errno
 import functools
 import os
 
-WINDOW = 8 * 1024 * 1024  # bytes per writeback window; two windows per body at most are dirty or cached
+WINDOW = 2 * 1024 * 1024  # bytes per writeback window
+DROP_AFTER = 8 * 1024 * 1024  # a file at least this long leaves the cache as it is written back; shorter ones stay
 
 # sync_file_range(2) flags (linux/fs.h)
 WAIT_BEFORE, WRITE, WAIT_AFTER = 1, 2, 4
@@ -36,7 +37,7 @@ UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP)
 @functools.cache
 def _sync_file_range():
     """libc's sync_file_range (Python's os module has no binding), or None away from Linux/glibc. ctypes calls
-    release the GIL, so the hashing thread runs on while this one waits for the disk."""
+    release the GIL, so the thread receiving the body runs on while the one writing it waits for the disk."""
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
@@ -57,9 +58,11 @@ class WriteBehind:
     """Told about each write of a body appended at `start` of the file `fd` (`wrote`), and when the body is durable
     (`durable`, after the caller's fdatasync)."""
 
-    def __init__(self, fd: int, start: int, window: int = WINDOW, sync_file_range=None):
+    def __init__(self, fd: int, start: int, window: int = WINDOW, drop_after: int = DROP_AFTER,
+                 sync_file_range=None):
         self.fd = fd
         self.window = window
+        self.drop_after = drop_after
         self.start = start
         self.end = start  # bytes of the file written so far
         self.started = start  # writeback started on [dropped, started)
@@ -71,14 +74,15 @@ class WriteBehind:
         while self.sync is not None and self.end - self.started >= self.window:
             self._call(self.started, self.window, WRITE)
             self.started += self.window
-            if self.started - self.dropped > self.window:
-                self._call(self.dropped, self.window, WAIT_BEFORE | WRITE | WAIT_AFTER)
-                _drop(self.fd, self.dropped, self.window)
-                self.dropped += self.window
+            behind = self.started - self.window  # all but the window whose writeback just started
+            if self.end >= self.drop_after and behind > self.dropped:
+                self._call(self.dropped, behind - self.dropped, WAIT_BEFORE | WRITE | WAIT_AFTER)
+                _drop(self.fd, self.dropped, behind - self.dropped)
+                self.dropped = behind
 
     def durable(self) -> None:
-        """The caller's fdatasync returned: the rest of a large body leaves the cache too."""
-        if self.end - self.start >= self.window or self.dropped > self.start:
+        """The caller's fdatasync returned: the rest of a large file leaves the cache too."""
+        if self.end >= self.drop_after and self.end > self.dropped:
             _drop(self.fd, self.dropped, self.end - self.dropped)
             self.dropped = self.end
 

@@ -121,6 +121,25 @@ def test_a_failing_body_gives_its_blocks_back():
     assert 1 <= pool.kept <= streaming.BUFFERS
 
 
+def test_a_write_that_fails_in_the_storing_thread_stops_the_body_and_is_raised(monkeypatch):
+    monkeypatch.setattr(streaming, "SLOW_BLOCK_SECONDS", float("inf"))
+    data = os.urandom(4096 * 30)
+    pool = BufferPool(4096, keep=8)
+    writes = []
+
+    def write(view):
+        writes.append(len(view))
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, "full")
+
+    source = StreamSource(io.BytesIO(data), len(data))
+    with pytest.raises(OSError) as raised:
+        pump(source, write, hashlib.sha256(), 4096, pool)
+    assert raised.value.errno == errno.ENOSPC
+    assert len(writes) == 3 and source._remaining > 0  # the rest of the body was not read
+    assert 1 <= pool.kept <= streaming.BUFFERS
+
+
 class Calls:
     """A stand-in for sync_file_range that records its calls and can fail."""
 
@@ -137,33 +156,42 @@ class Calls:
         return 0
 
 
-def test_write_behind_starts_each_window_and_waits_for_the_one_before(tmp_path):
+def test_write_behind_starts_each_window_and_drops_all_but_the_newest_once_the_file_is_large(tmp_path):
     calls = Calls()
     with open(tmp_path / "f", "wb") as fh:
-        behind = WriteBehind(fh.fileno(), 100, window=10, sync_file_range=calls)
+        behind = WriteBehind(fh.fileno(), 100, window=10, drop_after=125, sync_file_range=calls)
         for _ in range(7):
-            behind.wrote(5)  # 35 bytes: three whole windows from offset 100
-        assert calls.calls == [(100, 10, WRITE), (110, 10, WRITE), (100, 10, WAIT_BEFORE | WRITE | WAIT_AFTER),
-                               (120, 10, WRITE), (110, 10, WAIT_BEFORE | WRITE | WAIT_AFTER)]
+            behind.wrote(5)  # up to 135: three whole windows from offset 100; the file is large from 125 on
+        assert calls.calls == [(100, 10, WRITE), (110, 10, WRITE), (120, 10, WRITE),
+                               (100, 20, WAIT_BEFORE | WRITE | WAIT_AFTER)]
         assert behind.dropped == 120
         behind.durable()
         assert behind.dropped == 135
 
 
-def test_a_small_body_is_left_in_the_cache(tmp_path):
+def test_a_small_file_is_written_back_early_and_left_in_the_cache(tmp_path):
     calls = Calls()
     with open(tmp_path / "f", "wb") as fh:
-        behind = WriteBehind(fh.fileno(), 0, window=10, sync_file_range=calls)
-        behind.wrote(9)
+        behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=100, sync_file_range=calls)
+        behind.wrote(25)
         behind.durable()
-        assert calls.calls == [] and behind.dropped == 0
+        assert calls.calls == [(0, 10, WRITE), (10, 10, WRITE)] and behind.dropped == 0
+
+
+def test_a_later_chunk_of_a_large_file_drops_from_where_it_starts(tmp_path):
+    calls = Calls()
+    with open(tmp_path / "f", "wb") as fh:
+        behind = WriteBehind(fh.fileno(), 1000, window=10, drop_after=100, sync_file_range=calls)
+        behind.wrote(8)
+        behind.durable()
+        assert calls.calls == [] and behind.dropped == 1008
 
 
 def test_a_failed_writeback_is_raised_not_left_for_fdatasync_to_miss(tmp_path):
     """sync_file_range reports a writeback error to the file descriptor once: swallowing it would let the closing
     fdatasync succeed and a 201 acknowledge lost bytes."""
     with open(tmp_path / "f", "wb") as fh:
-        behind = WriteBehind(fh.fileno(), 0, window=10, sync_file_range=Calls(errno.EIO))
+        behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=10, sync_file_range=Calls(errno.EIO))
         with pytest.raises(OSError) as raised:
             behind.wrote(10)
         assert raised.value.errno == errno.EIO
@@ -172,15 +200,15 @@ def test_a_failed_writeback_is_raised_not_left_for_fdatasync_to_miss(tmp_path):
 def test_a_filesystem_without_sync_file_range_just_writes(tmp_path):
     calls = Calls(errno.EINVAL)
     with open(tmp_path / "f", "wb") as fh:
-        behind = WriteBehind(fh.fileno(), 0, window=10, sync_file_range=calls)
+        behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=10, sync_file_range=calls)
         behind.wrote(50)
         behind.durable()
-        assert len(calls.calls) == 1 and behind.sync is None
+        assert len(calls.calls) == 1 and behind.sync is None and behind.dropped == 50
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 7])
 def test_a_body_of_many_windows_commits_intact(tmp_path, chunks):
-    store = FilesystemStore(tmp_path / "store", block_size=4096, write_behind=8192)
+    store = FilesystemStore(tmp_path / "store", block_size=4096, write_behind=8192, drop_after=8192 * 4)
     data = os.urandom(8192 * 12 + 5)
     state = store.open_upload(SESSION)
     step = -(-len(data) // chunks)
