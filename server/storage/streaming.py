@@ -1,12 +1,13 @@
 """Moving a request body into a store while hashing it, for every driver.
 
-`pump` reads a body block by block and hands each block to the driver's `write`. The first block is handled inline
-(most bodies of a registry are small: configs, manifests, chunks). Past it, a second thread writes and hashes each
-block while this one receives the next. Receiving is a copy out of the socket; writing is a copy into the page
-cache and hashing one pass of sha256. Profiled on a 1 GiB push with the write on the receiving side, that side
-took ~45% of the worker's samples (recv's copy alone 37%) and hashing 28%: moving the write over balances the two.
-The hash, `recv` and file or socket writes all release the GIL, so on two cores a push runs at the speed of the
-slower side.
+`pump` reads a body block by block and hands each block to the driver's `write`. A body that fits in its first block
+is handled inline (most bodies of a registry are small: configs, manifests). Past it, one thread writes each block
+and another hashes it while this one receives the next, and a block is reused once both are done with it. Receiving is a copy
+out of the socket, hashing one pass of sha256, writing a DMA to the disk (or a copy into the page cache, or a send
+to the object store, which waits on the network): profiled on a 1 GiB push with the write in the receiving thread,
+that thread took ~45% of the worker's samples (recv's copy alone 37%) and the hashing one 28%; on its own thread
+the write, which mostly waits, slows neither. The hash, `recv`, file and socket writes all release the GIL, so on
+two cores a push runs at the speed of the slowest of the three.
 
 Blocks come from a `BufferPool` the store keeps for the life of the process: a push writes into memory that earlier
 pushes already touched (a freshly allocated megabyte costs 256 page faults, and on these VMs as many hypervisor
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from ..bodies import Source
 
-BUFFERS = 4  # blocks in flight between the receiving and the hashing thread, at most
+BUFFERS = 4  # blocks in flight between the receiving thread and the writing and hashing ones, at most
 KEEP = 8  # free blocks a pool keeps for the next bodies; more are given back to the allocator
 SLOW_BLOCK_SECONDS = 0.05  # a first block that took this long (under ~20 MB/s for 1 MiB): no hashing thread
 
@@ -78,34 +79,53 @@ def _pump(source: "Source", write, hasher, pool: BufferPool, first: mmap.mmap, o
     n = source.readinto(memoryview(first))
     if not n:
         return 0
-    view = memoryview(first)[:n]
-    write(view)
     if n < len(first) or time.monotonic() - started >= SLOW_BLOCK_SECONDS:
+        view = memoryview(first)[:n]
+        write(view)
         hasher.update(view)
+        del view
         return n if n < len(first) else n + _pump_inline(source, write, hasher, first)
     free: queue.SimpleQueue = queue.SimpleQueue()
-    work: queue.SimpleQueue = queue.SimpleQueue()
     failure: list[BaseException] = []
+    # Two consumers, each in a thread of its own: the driver's write (which may wait for a disk or a network) and
+    # the hash. A block is free again once both are done with it.
+    pending: dict[int, int] = {}
+    lock = threading.Lock()
 
-    def store_blocks() -> None:
-        while (item := work.get()) is not None:
-            buffer, length, written = item
+    def release(buffer) -> None:
+        with lock:
+            pending[id(buffer)] -= 1
+            last = pending[id(buffer)] == 0
+        if last:
+            free.put(buffer)
+
+    def consume(queue_, action) -> None:
+        while (item := queue_.get()) is not None:
+            buffer, length = item
             if not failure:
                 view = memoryview(buffer)[:length]
                 try:
-                    if not written:
-                        write(view)
-                    hasher.update(view)
+                    action(view)
                 except BaseException as exc:  # a full disk, a store that went away: the receiving side stops
                     failure.append(exc)
                 del view
-            free.put(buffer)
+            release(buffer)
 
-    storing = threading.Thread(target=store_blocks, name="blob-store", daemon=True)
-    storing.start()
+    writes: queue.SimpleQueue = queue.SimpleQueue()
+    hashes: queue.SimpleQueue = queue.SimpleQueue()
+    threads = [threading.Thread(target=consume, args=(writes, write), name="blob-write", daemon=True),
+               threading.Thread(target=consume, args=(hashes, hasher.update), name="blob-hash", daemon=True)]
+    for thread in threads:
+        thread.start()
+
+    def hand_over(buffer, length: int) -> None:
+        with lock:
+            pending[id(buffer)] = 2
+        writes.put((buffer, length))
+        hashes.put((buffer, length))
+
     total = n
-    work.put((first, n, True))
-    del view
+    hand_over(first, n)
     try:
         while not failure:
             try:
@@ -121,11 +141,13 @@ def _pump(source: "Source", write, hasher, pool: BufferPool, first: mmap.mmap, o
             n = source.readinto(memoryview(buffer))
             if not n:
                 break
-            work.put((buffer, n, False))
+            hand_over(buffer, n)
             total += n
     finally:
-        work.put(None)
-        storing.join()
+        writes.put(None)
+        hashes.put(None)
+        for thread in threads:
+            thread.join()
     if failure:
         raise failure[0]
     return total

@@ -1,4 +1,4 @@
-"""Writing a large blob to a file without filling the page cache with it: write-behind, then drop-behind.
+"""Writing a large blob through the page cache without filling it: write-behind, then drop-behind.
 
 A buffered write copies every byte into a page-cache page the kernel must first find, and on these VMs a page of
 memory that has not been touched lately costs a fault in the hypervisor as well (the balloon hands free memory
@@ -16,7 +16,9 @@ anything. What it must not do is lose a write error: sync_file_range reports a f
 descriptor once, and a later fdatasync on it would then succeed, so any error other than "not supported" is raised
 at once, exactly as a failed write would be.
 
-Small blobs (below DROP_AFTER in all) stay cached, configs and small layers, for the pulls that follow.
+Small blobs (below DROP_AFTER in all) stay cached, configs and small layers, for the pulls that follow. The
+filesystem store writes the whole blocks of a body with O_DIRECT where it can, which skips the page cache
+altogether: this is for the rest (a last partial block, an unaligned chunk, a filesystem without O_DIRECT).
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ class WriteBehind:
         self.dropped = start  # [start, dropped) is written back and out of the cache
         self.sync = sync_file_range or _sync_file_range()
 
-    def wrote(self, count: int) -> None:
+    def wrote(self, offset: int, count: int) -> None:
+        """`count` bytes were written at `offset`. Bytes skipped since the last write went around the page cache
+        (O_DIRECT): what was written before them is written back (and dropped) first."""
+        if offset != self.end:
+            self._settle()
+            self.end = self.started = self.dropped = offset
         self.end += count
         while self.sync is not None and self.end - self.started >= self.window:
             self._call(self.started, self.window, WRITE)
@@ -83,6 +90,16 @@ class WriteBehind:
     def durable(self) -> None:
         """The caller's fdatasync returned: the rest of a large file leaves the cache too."""
         if self.end >= self.drop_after and self.end > self.dropped:
+            _drop(self.fd, self.dropped, self.end - self.dropped)
+            self.dropped = self.end
+
+    def _settle(self) -> None:
+        """Start the writeback of everything written, and if the file is large, wait for it and drop it."""
+        if self.sync is not None and self.end > self.started:
+            self._call(self.started, self.end - self.started, WRITE)
+            self.started = self.end
+        if self.sync is not None and self.end >= self.drop_after and self.end > self.dropped:
+            self._call(self.dropped, self.end - self.dropped, WAIT_BEFORE | WRITE | WAIT_AFTER)
             _drop(self.fd, self.dropped, self.end - self.dropped)
             self.dropped = self.end
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 
 import pytest
 
@@ -42,31 +43,6 @@ def test_a_pool_keeps_at_most_keep_blocks():
     assert len(pool.take()) == 16 and pool.kept == 1
 
 
-class SlowSource:
-    """A client sending one block only once the previous one was hashed: what a slow push looks like."""
-
-    def __init__(self, blocks: int, size: int):
-        self.left = blocks
-        self.size = size
-        self.hashed = threading.Semaphore(1)
-
-    def readinto(self, buf) -> int:
-        if not self.left:
-            return 0
-        assert self.hashed.acquire(timeout=10)
-        self.left -= 1
-        buf[:self.size] = b"x" * self.size
-        return self.size
-
-
-class Hasher:
-    def __init__(self, source: SlowSource):
-        self.source = source
-
-    def update(self, data) -> None:
-        self.source.hashed.release()
-
-
 def counting(pool: BufferPool) -> list:
     taken = []
     original = pool.take
@@ -74,13 +50,29 @@ def counting(pool: BufferPool) -> list:
     return taken
 
 
-def test_a_body_that_waits_for_its_hash_takes_a_second_block_not_buffers(monkeypatch):
-    monkeypatch.setattr(streaming, "SLOW_BLOCK_SECONDS", float("inf"))  # the pipeline, whatever the speed
-    source = SlowSource(blocks=20, size=4096)
+def test_a_body_whose_writes_wait_holds_at_most_buffers_blocks(monkeypatch):
+    monkeypatch.setattr(streaming, "SLOW_BLOCK_SECONDS", float("inf"))  # the threads, whatever the speed
+    data = os.urandom(4096 * 20)
     pool = BufferPool(4096, keep=8)
     taken = counting(pool)
-    assert pump(source, lambda view: None, Hasher(source), 4096, pool) == 20 * 4096
-    assert len(taken) == 2
+    gate = threading.Event()
+
+    def release_when_every_block_is_out():
+        while len(taken) < streaming.BUFFERS:
+            time.sleep(0.001)
+        gate.set()
+
+    watcher = threading.Thread(target=release_when_every_block_is_out)
+    watcher.start()
+    written = bytearray()
+
+    def write(view):
+        assert gate.wait(10)
+        written.extend(view)
+
+    assert pump(StreamSource(io.BytesIO(data), len(data)), write, hashlib.sha256(), 4096, pool) == len(data)
+    watcher.join()
+    assert bytes(written) == data and len(taken) == streaming.BUFFERS
 
 
 def test_a_slow_body_is_hashed_in_one_block_by_the_receiving_thread(monkeypatch):
@@ -160,8 +152,8 @@ def test_write_behind_starts_each_window_and_drops_all_but_the_newest_once_the_f
     calls = Calls()
     with open(tmp_path / "f", "wb") as fh:
         behind = WriteBehind(fh.fileno(), 100, window=10, drop_after=125, sync_file_range=calls)
-        for _ in range(7):
-            behind.wrote(5)  # up to 135: three whole windows from offset 100; the file is large from 125 on
+        for offset in range(100, 135, 5):
+            behind.wrote(offset, 5)  # up to 135: three whole windows from offset 100; the file is large from 125 on
         assert calls.calls == [(100, 10, WRITE), (110, 10, WRITE), (120, 10, WRITE),
                                (100, 20, WAIT_BEFORE | WRITE | WAIT_AFTER)]
         assert behind.dropped == 120
@@ -173,7 +165,7 @@ def test_a_small_file_is_written_back_early_and_left_in_the_cache(tmp_path):
     calls = Calls()
     with open(tmp_path / "f", "wb") as fh:
         behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=100, sync_file_range=calls)
-        behind.wrote(25)
+        behind.wrote(0, 25)
         behind.durable()
         assert calls.calls == [(0, 10, WRITE), (10, 10, WRITE)] and behind.dropped == 0
 
@@ -182,7 +174,7 @@ def test_a_later_chunk_of_a_large_file_drops_from_where_it_starts(tmp_path):
     calls = Calls()
     with open(tmp_path / "f", "wb") as fh:
         behind = WriteBehind(fh.fileno(), 1000, window=10, drop_after=100, sync_file_range=calls)
-        behind.wrote(8)
+        behind.wrote(1000, 8)
         behind.durable()
         assert calls.calls == [] and behind.dropped == 1008
 
@@ -193,7 +185,7 @@ def test_a_failed_writeback_is_raised_not_left_for_fdatasync_to_miss(tmp_path):
     with open(tmp_path / "f", "wb") as fh:
         behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=10, sync_file_range=Calls(errno.EIO))
         with pytest.raises(OSError) as raised:
-            behind.wrote(10)
+            behind.wrote(0, 10)
         assert raised.value.errno == errno.EIO
 
 
@@ -201,9 +193,21 @@ def test_a_filesystem_without_sync_file_range_just_writes(tmp_path):
     calls = Calls(errno.EINVAL)
     with open(tmp_path / "f", "wb") as fh:
         behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=10, sync_file_range=calls)
-        behind.wrote(50)
+        behind.wrote(0, 50)
         behind.durable()
         assert len(calls.calls) == 1 and behind.sync is None and behind.dropped == 50
+
+
+def test_bytes_written_around_the_cache_settle_what_came_before_them(tmp_path):
+    calls = Calls()
+    with open(tmp_path / "f", "wb") as fh:
+        behind = WriteBehind(fh.fileno(), 0, window=10, drop_after=20, sync_file_range=calls)
+        behind.wrote(0, 25)  # the first 20 bytes start their writeback; 20 is large: [0, 10) is dropped
+        behind.wrote(60, 7)  # 25..60 went with O_DIRECT: [10, 25) is written back and dropped first
+        assert calls.calls[-2:] == [(20, 5, WRITE), (10, 15, WAIT_BEFORE | WRITE | WAIT_AFTER)]
+        assert (behind.started, behind.dropped, behind.end) == (60, 60, 67)
+        behind.durable()
+        assert behind.dropped == 67
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 7])
@@ -219,3 +223,18 @@ def test_a_body_of_many_windows_commits_intact(tmp_path, chunks):
         blob = store.commit(SESSION, state, Digest("sha256", hashlib.sha256(data).hexdigest()))
     with store.read(blob.key) as stream:
         assert stream.read() == data
+
+
+def test_direct_writes_take_whole_aligned_blocks_of_a_large_file_only(tmp_path):
+    from dockyard.server.storage.filesystem import DIRECT_ALIGN, _DirectWrites
+
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    block = memoryview(bytearray(DIRECT_ALIGN))  # the test checks the decision, not the alignment of this memory
+    direct = _DirectWrites(path, 0, after=2 * DIRECT_ALIGN)
+    assert not direct.write(block)  # below `after`: through the page cache, small blobs stay cached
+    unaligned = _DirectWrites(path, 2 * DIRECT_ALIGN + 1, after=0)
+    assert not unaligned.write(block)
+    tail = _DirectWrites(path, 4 * DIRECT_ALIGN, after=0)
+    assert not tail.write(block[:100])
+    tail.close()
