@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +49,9 @@ from nginx_front import accel_prefix, nginx
 from rates import (
     WRK_CONNECTIONS,
     WRK_THREADS,
+    SequenceResult,
+    UploadsResult,
+    WrkResult,
     run_wrk,
     small_blobs,
     small_uploads,
@@ -96,7 +100,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         chunk=args.chunk,
         rounds=args.rounds or (1 if quick else 3),
         rate_rounds=args.rate_rounds or (3 if quick else 5),
-        duration=args.duration or (3.0 if quick else 10.0),
+        duration=args.duration or (4.0 if quick else 10.0),
         warmup_duration=1.0 if quick else 2.0,
         tag_count=10_000,
         repository_count=1_000,
@@ -203,6 +207,33 @@ def wrk_paths(image: Image) -> dict[str, tuple[str, dict[str, str]]]:
     }
 
 
+def mirrored(targets: list[Target], number: int) -> list[tuple[Target, int]]:
+    """The slots of one round: each registry twice, in mirrored order (A B B A; B A A B in odd rounds), with the
+    half of the round's work each slot does. Drift in the machine's speed over the round (other work starting or
+    ending) then weighs on both registries alike, instead of on whichever ran second."""
+    order = alternate(targets, number)
+    return [(target, 0) for target in order] + [(target, 1) for target in order[::-1]]
+
+
+def combine(figure: str, parts: list) -> dict:
+    """One registry's two halves of a round as one result: rates over the summed counts and times; for wrk, the
+    latency percentiles are the mean of the two halves' (wrk reports percentiles, not its histogram)."""
+    if figure == "tag_put":
+        return SequenceResult(sum(p.count for p in parts), sum(p.seconds for p in parts),
+                              [v for p in parts for v in p.latencies_ms]).as_dict()
+    if figure == "small_uploads":
+        errors = [p.first_error for p in parts if p.first_error]
+        return UploadsResult(sum(p.count for p in parts), sum(p.seconds for p in parts),
+                             sum(p.errors for p in parts), errors[0] if errors else None).as_dict()
+    requests = sum(p.requests for p in parts)
+    seconds = sum(p.requests / p.requests_per_s for p in parts if p.requests_per_s)
+    latency = {key: statistics.mean(p.latency_ms[key] for p in parts) for key in parts[0].latency_ms}
+    socket_errors = {key: sum(p.socket_errors[key] for p in parts) for key in parts[0].socket_errors}
+    merged = WrkResult(requests / seconds if seconds else 0.0, requests, latency, socket_errors,
+                       sum(p.non_2xx for p in parts))
+    return wrk_result(merged)
+
+
 def rate_rounds(targets: list[Target], plan: Plan, figures: list[str], image: Image) -> RateResults:
     results = RateResults()
     paths = wrk_paths(image)
@@ -213,17 +244,22 @@ def rate_rounds(targets: list[Target], plan: Plan, figures: list[str], image: Im
         for figure in figures:
             # Made before the clock starts, the same for both registries.
             uploads = small_blobs(f"{run_id} {number}", plan.uploads, plan.upload_size) if figure == "small_uploads" else []
-            for target in alternate(targets, number):
+            halves: dict[str, list] = {target.name: [] for target in targets}
+            for target, half in mirrored(targets, number):
                 os.sync()
                 if figure in paths:
                     path, headers = paths[figure]
-                    seconds = plan.warmup_duration if warm else plan.duration
-                    result = wrk_result(run_wrk(target.port, path, seconds, headers))
+                    seconds = max(1, round((plan.warmup_duration if warm else plan.duration) / 2))  # wrk: whole s
+                    part = run_wrk(target.port, path, seconds, headers)
                 elif figure == "tag_put":
-                    tags = [f"{run_id}-{number}-{index}" for index in range(plan.tag_puts)]
-                    result = tag_puts(target.port, TAG_PUT_REPO, image.manifest, tags).as_dict()
+                    tags = [f"{run_id}-{number}-{half}-{index}" for index in range(plan.tag_puts // 2)]
+                    part = tag_puts(target.port, TAG_PUT_REPO, image.manifest, tags)
                 else:
-                    result = small_uploads(target.port, UPLOADS_REPO, uploads, plan.upload_threads).as_dict()
+                    share = uploads[half::2]
+                    part = small_uploads(target.port, UPLOADS_REPO, share, plan.upload_threads)
+                halves[target.name].append(part)
+            for target in alternate(targets, number):
+                result = combine(figure, halves[target.name])
                 results.add(target.name, figure, number, result)
                 progress(f"  {figure:<16} {target.name:<9} {describe(result)}")
     return results
@@ -519,10 +555,11 @@ def report(args: argparse.Namespace, plan: Plan, figures: list[str], started_at:
     print(f"python bench/run.py {' '.join(sys.argv[1:])}".rstrip() + f"    ({started_at})")
     print(f"nproc {nproc()}; load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at end")
     print(f"median (min-max) of {plan.rounds} blob round(s) and {plan.rate_rounds} request-rate round(s), each after "
-          f"1 discarded warm-up, the two registries alternating; wrk {WRK_THREADS} threads {WRK_CONNECTIONS} "
-          f"connections {plan.duration:g} s; 1 MB = 10^6 bytes; ratio = median of the per-round "
-          "dockyard / reference; a request-rate goal is met when the median meets it and the worst round is within "
-          f"{STABILITY:.0%} of the median\n")
+          f"1 discarded warm-up; blob rounds alternate the registries, a request-rate round measures each registry "
+          f"twice in mirrored order (A B B A), half the work each time; wrk {WRK_THREADS} threads {WRK_CONNECTIONS} "
+          f"connections, 2 x {max(1, round(plan.duration / 2))} s; 1 MB = 10^6 bytes; ratio = median of the "
+          "per-round dockyard / reference; a request-rate goal is met when the median meets it and the worst round "
+          f"is within {STABILITY:.0%} of the median\n")
     print(format_table(rows))
     if blob_results and (machine := blobs.round_limits(blob_results)):
         print(f"\nmachine, median of {len(blob_results[0].limits)} blob round(s): {limits.describe(machine)}; "
@@ -549,12 +586,13 @@ def report(args: argparse.Namespace, plan: Plan, figures: list[str], started_at:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="reduced run: 128 MiB blobs, 1 round, 3 s wrk runs, fewer PUTs and uploads")
+                        help="reduced run: 128 MiB blobs, 1 blob round, 3 rate rounds of 4 s wrk, fewer PUTs and uploads")
     parser.add_argument("--only", help=f"comma-separated figures: blobs, {', '.join(ALL_FIGURES)}")
     parser.add_argument("--rounds", type=int, help="timed blob rounds after one warm-up (default 3, --quick 1)")
     parser.add_argument("--rate-rounds", type=int,
                         help="timed request-rate rounds after one warm-up (default 5, --quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per wrk measurement (default 10, --quick 3)")
+    parser.add_argument("--duration", type=float,
+                        help="seconds of wrk per figure, registry and round, in two halves (default 10, --quick 4)")
     parser.add_argument("--size", type=parse_size, help="blob size (default 1GiB, --quick 128MiB)")
     parser.add_argument("--chunk", type=parse_size, default="8MiB", help="PATCH size of the chunked push")
     parser.add_argument("--dockyard-cmd", default=DOCKYARD_CMD,

@@ -269,3 +269,24 @@ def test_the_nginx_set_up_is_sized_for_many_clients_and_serves_the_ceiling():
     assert "worker_connections 16384;" in config and "worker_rlimit_nofile 65536;" in config
     site = nginx_front.CEILING_SITE.format(listen="127.0.0.1:1", root="/static")
     assert "root /static;" in site and "return 201;" in site and "return 202;" in site
+
+
+def test_a_rate_round_measures_each_registry_twice_in_mirrored_order():
+    a, b = object(), object()
+    assert run.mirrored([a, b], 1) == [(b, 0), (a, 0), (a, 1), (b, 1)]
+    assert run.mirrored([a, b], 2) == [(a, 0), (b, 0), (b, 1), (a, 1)]
+
+
+def test_two_halves_of_a_round_combine_into_one_result():
+    first = rates.parse_wrk(WRK_404)  # 984 requests at 936.2/s, p99 36.01 ms
+    second = rates.parse_wrk(WRK_SLOW)  # 1010 requests at 100.9/s, p99 1200 ms, 5 socket errors
+    combined = run.combine("manifest_tag", [first, second])
+    seconds = 984 / 936.2 + 1010 / 100.9
+    assert combined["per_s"] == pytest.approx(1994 / seconds)
+    assert combined["p99_ms"] == pytest.approx((36.01 + 1200.0) / 2)
+    assert combined["errors"] == 984 + 5
+    puts = run.combine("tag_put", [rates.SequenceResult(2, 1.0, [1.0, 2.0]), rates.SequenceResult(2, 3.0, [3.0, 9.0])])
+    assert puts["per_s"] == 1.0 and puts["p99_ms"] == 9.0
+    uploads = run.combine("small_uploads", [rates.UploadsResult(10, 1.0, 0, None),
+                                            rates.UploadsResult(10, 1.0, 2, "boom")])
+    assert uploads["per_s"] == 9.0 and uploads["errors"] == 2 and uploads["first_error"] == "boom"
