@@ -74,7 +74,9 @@ class Sample:
     nginx_cpu: float
     rss_largest_mib: float | None
     rss_all_mib: float | None
-    nginx_files: int  # most files open in one nginx worker at once
+    nginx_files: int  # most descriptors open in one nginx worker at once
+    nginx_sockets: int = 0  # of them, sockets (client and upstream connections)
+    nginx_regular_files: int = 0  # and files on disk
 
 
 def class_summary(result: loadgen.ClassResult, seconds: float) -> dict:
@@ -145,7 +147,9 @@ def level_lines(by_target: dict[str, list[Sample]]) -> list[Line]:
     lines.append(Line("  all processes", "MiB", values(lambda s: s.rss_all_mib)))
     lines.append(Line("registry CPU", "cores", values(lambda s: s.server_cpu)))
     lines.append(Line("nginx CPU", "cores", values(lambda s: s.nginx_cpu)))
-    lines.append(Line("nginx files open, one worker, most", "count", values(lambda s: s.nginx_files)))
+    lines.append(Line("nginx worker, most descriptors open", "count", values(lambda s: s.nginx_files)))
+    lines.append(Line("  of them sockets", "count", values(lambda s: s.nginx_sockets)))
+    lines.append(Line("  and files", "count", values(lambda s: s.nginx_regular_files)))
     lines.append(Line("load generator CPU", "cores", values(lambda s: s.generator_cpu)))
     lines.append(Line("machine CPU busy", "%", values(lambda s: 100 * s.machine_busy)))
     return lines
@@ -205,11 +209,14 @@ def machine_times() -> tuple[int, int]:
 
 
 class FileSampler:
-    """The most files any nginx worker held open at once, sampled every 100 ms."""
+    """What nginx's busiest worker held open at once, sampled every 100 ms: all descriptors, and of them the
+    sockets (client and upstream connections) and the files (blobs sent for X-Accel-Redirect, static files)."""
 
     def __init__(self, root: int):
         self.root = root
         self.most = 0
+        self.sockets = 0
+        self.files = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="fd-sampler")
 
@@ -226,9 +233,13 @@ class FileSampler:
         while not self._stop.wait(0.1):
             for pid in workers:
                 try:
-                    self.most = max(self.most, len(os.listdir(f"/proc/{pid}/fd")))
+                    targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
                 except OSError:
-                    pass
+                    continue
+                if len(targets) > self.most:
+                    self.most = len(targets)
+                    self.sockets = sum(t.startswith("socket:") for t in targets)
+                    self.files = sum(t.startswith("/") and not t.startswith("/dev/") for t in targets)
 
 
 # --- Set-up -------------------------------------------------------------------------------------------------
@@ -340,7 +351,7 @@ def measure(name: str, port: int, server_pid: int | None, nginx_pid: int, work: 
         server_cpu=window.cores.get("server", 0.0), nginx_cpu=window.cores["nginx"],
         rss_largest_mib=sampler.peak_process / (1 << 20) if sampler else None,
         rss_all_mib=sampler.peak_total / (1 << 20) if sampler else None,
-        nginx_files=files.most)
+        nginx_files=files.most, nginx_sockets=files.sockets, nginx_regular_files=files.files)
 
 
 def describe(sample: Sample) -> str:

@@ -225,7 +225,7 @@ def _sample(target, pull_mb, manifest_p99, errors=0):
                    "p99_ms": 2.0} for c in ("pushers", "pullers", "readers")}
     classes["pullers"] = classes["pullers"] | {"mb_per_s": pull_mb}
     classes["readers"] = classes["readers"] | {"p99_ms": manifest_p99, "errors": errors}
-    return concurrency.Sample(target, 10.0, classes, 0.5, 0.9, 1.0, 0.2, 50.0, 200.0, 40)
+    return concurrency.Sample(target, 10.0, classes, 0.5, 0.9, 1.0, 0.2, 50.0, 200.0, 40, 30, 8)
 
 
 def test_concurrency_goals_are_pull_throughput_manifest_p99_and_no_errors():
