@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dockyard.server.names import valid_repository_name
 from dockyard.server.routes import (ADMIN_REPOSITORIES, ADMIN_REPOSITORY_TAGS, API_ROOT, CATALOG, UPLOAD,
                                     is_admin_path)
 
@@ -30,6 +31,10 @@ class Access:
     def scope(self) -> str | None:
         """The scope a token must grant, as written in a `WWW-Authenticate: Bearer` challenge."""
         if self.kind == "repository":
+            # Only a name of the spec's grammar: no token can be asked for another, and a header carries ASCII
+            # only (a path such as /v2/_dockyard/repositories/Ā/tags must get its 401 without a scope, not a 500).
+            if not valid_repository_name(self.name):
+                return None
             return f"repository:{self.name}:{','.join(self.actions)}"
         if self.kind == "catalog":
             return "registry:catalog:*"

@@ -72,8 +72,9 @@ class RateLimit:
         path = options.get("database", str, "")
         try:
             store = BucketStore(path, clock=context.now) if path else context.buckets()
-        except sqlite3.Error as exc:
-            raise options.error("database", f"cannot open {path!r}: {exc}") from None
+        except sqlite3.Error as exc:  # name the file that failed, the default one too (not an empty option)
+            where = path or str(context.data_path / "ratelimit.db")
+            raise options.error("database", f"cannot open {where!r}: {exc}") from None
         return cls(store, limits, exempt=TrustedProxies(tuple(networks)), exempt_users=frozenset(users),
                    trusted_proxies=trusted)
 

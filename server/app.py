@@ -113,6 +113,9 @@ def create_app(config: Config, *, store: BlobStore | None = None, metadata: Meta
     app.add_route(routes.ADMIN_GC, admin.GcResource(registry))
     app.add_route(routes.ADMIN_STORAGE, admin.StorageResource(registry))
     app.add_route(routes.ADMIN_READ_ONLY, admin.ReadOnlyResource(registry))
+    app.add_route(routes.ADMIN_EVENTS, admin.EventsResource(registry))
+    app.add_route(routes.ADMIN_EVENTS_PARKED, admin.ParkedEventsResource(registry))
+    app.add_route(routes.ADMIN_EVENTS_REPLAY, admin.ReplayEventsResource(registry))
 
     app.add_route(routes.API_ROOT, BaseResource())
     listings = BoundedCache(max_bytes=LISTING_CACHE_BYTES)

@@ -1,8 +1,11 @@
-"""Work a worker does besides answering requests: scheduled garbage collection and upload purging.
+"""Work a worker does besides answering requests: scheduled garbage collection, upload purging and, with
+notification endpoints configured, the event sender.
 
 Started by gunicorn's `post_worker_init` hook (`serving.py`) in every worker, never by a request. Each job takes
 the metadata's lock for its kind of work, so one process does it at a time whatever the number of workers (or of
-nodes sharing the metadata); the others find the lock taken or the work already done and go back to sleep.
+nodes sharing the metadata); the others find the lock taken or the work already done and go back to sleep. The
+event sender thread runs in every worker too: one per node delivers, the others stand by, and nodes share the
+work through leases in the metadata (`notify`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 import time
 from typing import Callable
 
+from .mirror import FLUSH_INTERVAL
 from .registry import Registry
 
 log = logging.getLogger("dockyard")
@@ -32,12 +36,18 @@ class BackgroundJobs:
         jobs = [("upload-purge", min(PURGE_INTERVAL, config.upload_max_age / 4), self._purge)]
         if config.gc_interval:
             jobs.append(("gc-schedule", float(config.gc_interval), self._collect))
+        if self.registry.mirror is not None:  # pull times written in batches, cached upstreams kept to max_size
+            jobs.append(("cache", FLUSH_INTERVAL, self.registry.mirror.maintain))
         return jobs
 
     def start(self) -> None:
         """Start each job's thread (daemon threads: they end with the worker)."""
         for name, interval, work in self.jobs():
             thread = threading.Thread(target=self._loop, args=(name, interval, work), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.registry.config.notifications:
+            thread = threading.Thread(target=self.registry.notifications.run, name="events", daemon=True)
             thread.start()
             self._threads.append(thread)
 

@@ -1,5 +1,5 @@
-"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate`, `migrate-metadata`
-manage it."""
+"""The `dockyard` command: `serve` runs the registry under gunicorn; `gc`, `user`, `migrate`, `migrate-metadata`,
+`events` manage it."""
 
 from __future__ import annotations
 
@@ -127,6 +127,97 @@ def _migrate_metadata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_blobs(args: argparse.Namespace) -> int:
+    import json
+
+    from .app import build_registry
+    from .storage import open_store
+
+    config = load_config(args.config, overrides={"data": args.data})
+    source_config = load_config(args.from_config, overrides={"data": args.from_data})
+    if source_config.storage == config.storage and source_config.data_path == config.data_path:
+        print("dockyard migrate-blobs: the source and the target are the same store", file=sys.stderr)
+        return 2
+    registry = build_registry(config, recover=False)
+    source = open_store(source_config)
+
+    def progress(report) -> None:
+        print(f"  {report.copied} copied ({_human(report.bytes_copied)}), {report.skipped} already there",
+              file=sys.stderr)
+
+    try:
+        report = registry.copy_blobs_from(source, progress=progress if args.verbose else None)
+    finally:
+        source.close()
+        registry.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for digest, why in report.failed:
+            print(f"failed: {digest}: {why}")
+        print(f"copied {report.copied} blobs ({_human(report.bytes_copied)}), {report.skipped} already in the "
+              f"target, {len(report.failed)} failed; {report.seconds:.2f}s")
+    return 1 if report.failed else 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    """Event delivery: each endpoint's state, its parked events, and replaying them (the admin API's, offline)."""
+    import datetime
+    import json
+
+    from .app import build_registry
+    from .errors import RegistryError
+
+    config = load_config(args.config, overrides={"data": args.data, "database": args.database})
+    if not config.database and not config.data_path.joinpath("registry.db").exists():
+        print(f"dockyard events: no registry in {config.data_path} (registry.db missing)", file=sys.stderr)
+        return 2
+
+    def when(timestamp):
+        return "-" if timestamp is None else \
+            datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    registry = build_registry(config, recover=False)
+    try:
+        if args.action == "status":
+            endpoints = registry.event_status()
+            if args.json:
+                print(json.dumps({"endpoints": endpoints}, indent=2))
+                return 0
+            if not endpoints:
+                print("no notification endpoints configured, and no delivery state")
+            for e in endpoints:
+                print(f"{e['name']}{'' if e['configured'] else ' (not configured any more)'}: backlog {e['backlog']}, "
+                      f"parked {e['parked']}, retrying {e['retrying']}, delivered {e['delivered']}, "
+                      f"oldest waiting {when(e['oldest_pending'])}, last success {when(e['last_success'])}, "
+                      f"last failure {when(e['last_failure'])}" + (f" ({e['last_error']})" if e['last_error'] else ""))
+            return 0
+        if not args.endpoint:
+            print(f"dockyard events {args.action}: name the endpoint", file=sys.stderr)
+            return 2
+        if args.action == "parked":
+            rows, more = registry.parked_events(args.endpoint, args.limit, args.after)
+            if args.json:
+                print(json.dumps({"endpoint": args.endpoint, "events": rows, "more": more}, indent=2))
+                return 0
+            for row in rows:
+                target = row["payload"].get("target", {})
+                reference = target.get("tag") or target.get("digest") or ""
+                print(f"{row['uid']}  #{row['number']}  {row['action']}  {row['repository']}"
+                      f"{'@' if reference.startswith('sha256:') else ':' if reference else ''}{reference}  "
+                      f"attempts {row['attempts']}, parked {when(row['parked_at'])}: {row['last_error']}")
+            print(f"{len(rows)} parked events shown" + (f"; more after --after {rows[-1]['number']}" if more else ""))
+            return 0
+        count = registry.replay_events(args.endpoint, args.ids or None)
+        print(f"dockyard events replay: {count} events queued again for {args.endpoint}")
+        return 0
+    except RegistryError as exc:
+        print(f"dockyard events: {exc.message}: {json.dumps(exc.detail, default=str)[:500]}", file=sys.stderr)
+        return 2
+    finally:
+        registry.close()
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -221,6 +312,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded(low: int, high: int):
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or len(text) > 20 or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}")
+        return int(text)
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="A container image registry.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -277,6 +376,38 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--batch", type=int, default=5000, help="rows read and written at a time (default 5000)")
     move.add_argument("--verbose", action="store_true", help="print progress per table")
     move.set_defaults(func=_migrate_metadata)
+    blobs = commands.add_parser("migrate-blobs", help="copy every blob from another blob store (the `--from-config` "
+                                                       "file's [storage]) into this one, and point the metadata at "
+                                                       "the copies; resumable (switch the registry to read-only "
+                                                       "first)")
+    blobs.add_argument("--from-config", required=True, metavar="FILE",
+                       help="a config file whose `[storage]` (and `data`) name the store the blobs are in now")
+    blobs.add_argument("--from-data", help="the source's data directory, for a filesystem source (default: the "
+                                           "--from-config file's `data`)")
+    blobs.add_argument("--config", help="the registry's config file (or DOCKYARD_CONFIG): its `database` and its "
+                                        "`[storage]`, the target")
+    blobs.add_argument("--data", help="data directory (default ./data, as for serve)")
+    blobs.add_argument("--verbose", action="store_true", help="print progress every 100 blobs")
+    blobs.add_argument("--json", action="store_true", help="print the report as JSON")
+    blobs.set_defaults(func=_migrate_blobs)
+
+
+    events = commands.add_parser("events", help="event delivery: each notification endpoint's state (backlog, "
+                                                "parked, last success), parked events, replay")
+    events.add_argument("action", choices=("status", "parked", "replay"))
+    events.add_argument("endpoint", nargs="?", help="the endpoint's name (parked, replay)")
+    events.add_argument("--id", dest="ids", action="append", metavar="EVENT_ID",
+                        help="replay: only this event (parked, or delivered and still retained); repeatable. "
+                             "Default: every parked event of the endpoint")
+    events.add_argument("--limit", type=_bounded(1, 1000), default=100, metavar="1..1000",
+                        help="parked: events shown (default 100)")
+    events.add_argument("--after", type=_bounded(0, 2 ** 62), default=0, metavar="NUMBER",
+                        help="parked: events after this number")
+    events.add_argument("--json", action="store_true", help="status, parked: print JSON")
+    events.add_argument("--data", help="data directory (default ./data, as for serve)")
+    events.add_argument("--database", help="database URL (default: the `database` setting)")
+    events.add_argument("--config", help="TOML config file (or DOCKYARD_CONFIG)")
+    events.set_defaults(func=_events)
     user = commands.add_parser("user", help="manage the users of an htpasswd file (bcrypt)")
     user.add_argument("action", choices=("add", "remove", "list"))
     user.add_argument("name", nargs="?", help="user name (add, remove)")

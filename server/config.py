@@ -149,6 +149,13 @@ class Config:
     middleware: tuple = _setting((), "The middleware chain, in order: TOML `[[middleware]]` tables, each with "
                                  "`name` (a built-in name or a dotted path to a Falcon middleware class) and "
                                  "`options`. File only.")
+    upstreams: tuple = _setting((), "Pull-through cache: TOML `[[upstreams]]` tables, each an upstream registry "
+                                "and the repository names it serves (see Pull-through cache). File only.")
+    notifications: tuple = _setting((), "Event endpoints: TOML `[[notifications]]` tables (name, url, headers, "
+                                    "secret, actions, repositories, media_types, format, retries; see Events). "
+                                    "File only.")
+    events_retention: int = _setting(7 * 86400, "Seconds a delivered event is kept in the outbox (for replay) "
+                                     "before it is pruned.", minimum=60)
 
     def __post_init__(self) -> None:
         try:
@@ -160,6 +167,11 @@ class Config:
         if self.database and not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             # Never echo the value: a URL may hold a password.
             raise ConfigError("setting 'database': expected a sqlite:///PATH or postgresql://... URL")
+        if self.notifications:
+            from .events import Endpoint
+
+            if not all(isinstance(entry, Endpoint) for entry in self.notifications):  # tables given directly
+                object.__setattr__(self, "notifications", _coerce("notifications", list(self.notifications)))
         if not UI_PREFIX_RE.fullmatch(self.ui_prefix) or self.ui_prefix.startswith(("/v2/", "/auth/")):
             raise ConfigError(f"setting 'ui_prefix': expected a path like /ui/ (letters, digits, - _ . /; not "
                               f"under /v2/ or /auth/), got {self.ui_prefix!r}")
@@ -234,13 +246,41 @@ def _storage_table(value: Any) -> dict:
     return {key: _coerce(f"storage.{key}", item) for key, item in value.items()}
 
 
+def _upstream_entries(value: Any) -> tuple:
+    from .quotas import parse_size
+    from .upstream import check_upstreams, upstream_from_table
+
+    if not isinstance(value, list):
+        raise ConfigError("setting 'upstreams': expected a list of [[upstreams]] tables")
+    entries = []
+    for i, table in enumerate(value):
+        try:
+            entries.append(upstream_from_table(table, size_of=parse_size))
+        except ValueError as exc:
+            raise ConfigError(f"setting 'upstreams[{i}]': {exc}") from None
+    try:
+        check_upstreams(tuple(entries))
+    except ValueError as exc:
+        raise ConfigError(f"setting 'upstreams': {exc}") from None
+    return tuple(entries)
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "upstreams":
+        return _upstream_entries(value)
     if name == "middleware":
         return _middleware_entries(value)
     if name == "quotas":
         return _quota_entries(value)
     if name == "storage":
         return _storage_table(value)
+    if name == "notifications":
+        from .events import parse_endpoints
+
+        try:
+            return parse_endpoints(value)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'notifications': {exc}") from None
     f = SETTINGS[name] if not name.startswith("storage.") else STORAGE_SETTINGS[name.removeprefix("storage.")]
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
     if kind is bool:
@@ -295,7 +335,7 @@ def load_config(path: str | os.PathLike | None = None, *, environ: Mapping[str, 
             if name.startswith("storage_") and name.removeprefix("storage_") in STORAGE_SETTINGS:
                 storage_environ[name.removeprefix("storage_")] = value
                 continue
-            if name not in SETTINGS or name in ("middleware", "quotas", "storage"):
+            if name not in SETTINGS or name in ("middleware", "quotas", "storage", "upstreams", "notifications"):
                 raise ConfigError(f"unknown setting {name!r} from environment variable {key}")
             values[name] = _coerce(name, value)
     for name, value in (overrides or {}).items():

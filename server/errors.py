@@ -8,7 +8,8 @@ each with exactly one HTTP status: a raise site chooses the code, never the stat
 - Codes of the Docker V2 API and of Distribution's error registry that clients already know: TAG_INVALID,
   RANGE_INVALID, PAGINATION_NUMBER_INVALID, UNKNOWN, UNAVAILABLE.
 - Dockyard's own, for what neither names: BAD_REQUEST, NOT_FOUND (no such endpoint), TOO_LARGE,
-  INSUFFICIENT_STORAGE (507: a full disk is a condition the client is told about, not a 500).
+  INSUFFICIENT_STORAGE (507: a full disk is a condition the client is told about, not a 500), UPSTREAM_ERROR (502:
+  the upstream of a pull-through cached repository is unreachable, refused Dockyard, or answered wrongly).
 
 This module never imports falcon.
 """
@@ -47,6 +48,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "NOT_FOUND": (404, "no such endpoint"),
     "TOO_LARGE": (413, "request body too large"),
     "INSUFFICIENT_STORAGE": (507, "the registry's storage is full"),
+    "UPSTREAM_ERROR": (502, "the upstream registry of this cached repository failed"),
 }
 
 
@@ -94,6 +96,7 @@ BadRequest = _error_class("BAD_REQUEST")
 NotFound = _error_class("NOT_FOUND")
 TooLarge = _error_class("TOO_LARGE")
 InsufficientStorage = _error_class("INSUFFICIENT_STORAGE")
+UpstreamError = _error_class("UPSTREAM_ERROR")
 
 BY_CODE: dict[str, type[RegistryError]] = {cls.code: cls for cls in RegistryError.__subclasses__()}
 # The code for each status the framework itself may answer (an unknown route, a method not allowed, ...).

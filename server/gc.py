@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable, ContextManager, Iterator
 
+from .events import Events
 from .metadata import Lifecycle, Metadata
 from .model import StoredObject
 from .storage import BlobStore
@@ -51,11 +52,12 @@ class GcReport:
 
 class GarbageCollector:
     def __init__(self, metadata: Metadata, store: BlobStore, *, clock: Callable[[], float] = time.time,
-                 upload_max_age: float = 86400.0):
+                 upload_max_age: float = 86400.0, events: Events | None = None):
         self.metadata = metadata
         self.store = store
         self.clock = clock
         self.upload_max_age = upload_max_age
+        self.events = events  # a `gc` event per manifest removed, written in the sweep's transaction
 
     def run(self, *, dry_run: bool = False, grace: float = 3600.0, delete_untagged: bool = False) -> GcReport:
         started = time.monotonic()
@@ -81,7 +83,10 @@ class GarbageCollector:
                 repositories = step.repositories()
             for repository_id, name in repositories:
                 with transaction() as step:
-                    for digest, _ in step.sweep_manifests(repository_id, cutoff):
+                    dead = step.sweep_manifests(repository_id, cutoff)
+                    if dead and self.events:
+                        step.add_events(self.events.collected(name, dead))
+                    for digest, _ in dead:
                         report.manifests.append({"repository": name, "digest": digest})
             report.manifests_removed = len(report.manifests)
         with transaction() as step:

@@ -114,6 +114,41 @@ class NewEvent:
     repository: str
     action: str
     payload: dict
+    endpoints: tuple[str, ...] = ()  # the notification endpoints it is to be delivered to (`events`)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked for a change and through which request: what events report as `actor` and `request`. Built by
+    the resources from the request and handed to the domain explicitly."""
+    user: str | None = None
+    addr: str = ""  # the client's address (believed through trusted proxies only), with its port when direct
+    host: str = ""  # the Host header the client sent
+    method: str = ""
+    user_agent: str = ""
+    request_id: str = ""
+    base_url: str = ""  # the registry's external URL as this client reaches it (event target URLs)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event as the outbox holds it for delivery: `number` is its row, `seq` its place in its repository's
+    commit order, `uid` the stable id receivers see."""
+    number: int
+    uid: str
+    repository: str
+    seq: int
+    action: str
+    payload: dict
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An endpoint's queue of one repository, leased to one sender until `lease_until`."""
+    endpoint: str
+    repository: str
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,10 @@ def is_digest_reference(reference: str) -> bool:
     return ":" in reference
 
 
+def valid_repository_name(name: str) -> bool:
+    return len(name) <= NAME_MAX and NAME_RE.fullmatch(name) is not None
+
+
 def validate_name(name: str) -> str:
     if len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
         raise NameInvalid({"name": name[:300]}, message="invalid repository name")

@@ -25,6 +25,7 @@ import falcon
 
 from .errors import RegistryError
 from .metrics import CONTENT_TYPE, DURATION_BUCKETS, Family, Metrics
+from .mirror import FAMILIES as CACHE_FAMILIES
 from .routes import HEALTH, METRICS, READY
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def registry_metrics(registry: "Registry", directory) -> Metrics:
         return [(STORED_BLOBS, (), usage.blobs), (STORED_BYTES, (), usage.blob_bytes),
                 (UPLOAD_SESSIONS, (), usage.upload_sessions)]
 
-    return Metrics(directory, FAMILIES, collectors=[storage])
+    return Metrics(directory, FAMILIES + CACHE_FAMILIES, collectors=[storage])
 
 
 class _ClosingIterable:
@@ -316,6 +317,8 @@ class MetricsResource:
 def install(app: InstrumentedApp, registry: "Registry", metrics_directory) -> None:
     """Add the health, readiness and metrics endpoints to `app` and start measuring its requests."""
     app.metrics = registry_metrics(registry, metrics_directory)
+    if getattr(registry, "mirror", None) is not None:
+        registry.mirror.metrics = app.metrics  # the pull-through cache's counters
     app.add_route(HEALTH, HealthResource())
     app.add_route(READY, ReadyResource(registry))
     app.add_route(METRICS, MetricsResource(app.metrics))

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from .blobcopy import CopyReport, copy_blobs
 from .bodies import Source
 from .cache import BoundedCache
 from .config import Config
@@ -23,9 +24,11 @@ from .fsck import FsckReport, fsck
 from .gc import GarbageCollector, GcReport
 from .manifests import parse_manifest
 from .metadata import Metadata
-from .model import (BlobRecord, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadLimits, UploadSession,
-                    UploadState)
+from .mirror import Mirror
+from .model import (BlobRecord, Caller, ManifestRecord, Redirect, StorageUsage, StoredBlob, UploadLimits,
+                    UploadSession, UploadState)
 from .names import Digest, parse_digest, parse_reference
+from .notify import Notifications
 from .parsing import content_range
 from .quotas import Quota
 from .storage import BlobStore
@@ -65,42 +68,66 @@ class Registry:
         self._new_id = new_id
         self.quotas = tuple(Quota(pattern, limit) for pattern, limit in config.quotas)
         self.upload_limits = UploadLimits(config.upload_sessions_per_repository, config.upload_sessions_per_user)
-        self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age)
+        self.notifications = Notifications(config, metadata, clock=clock)
+        self._events = self.notifications.events  # builds a change's events for the endpoints that want them
+        self._gc = GarbageCollector(metadata, store, clock=clock, upload_max_age=config.upload_max_age,
+                                    events=self._events)
         self._manifest_bytes = BoundedCache(max_bytes=MANIFEST_CACHE_BYTES)
         self._read_only_checked = (-1.0, False)
+        # The pull-through cache (issue 16): the repositories `[[upstreams]]` serve are read and filled there.
+        self.mirror = Mirror(config, store, metadata, collect=self.collect_garbage, read_only=self.read_only,
+                             clock=clock, new_id=new_id) if config.upstreams else None
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
-    def blob(self, name: str, digest: str) -> BlobRecord:
-        """A blob readable in `name`; BLOB_UNKNOWN otherwise."""
+    def blob(self, name: str, digest: str, *, pull: bool = False) -> BlobRecord:
+        """A blob readable in `name`; BLOB_UNKNOWN otherwise. `pull`: the caller will read it (a cached repository
+        fetches it from its upstream then)."""
+        if self._cached(name):
+            return self.mirror.blob(name, digest, fetch=pull)
         record = self._metadata.blob(name, str(parse_digest(digest)))
         if record is None:
             raise BlobUnknown({"digest": digest})
         return record
 
     def read_blob(self, blob: BlobRecord, start: int = 0, length: int | None = None) -> BinaryIO:
+        if self._cached(getattr(blob, "repository", None)):
+            return self.mirror.read(blob, start, length)
         return self._store.read(blob.key, start, length)
 
     def blob_redirect(self, blob: BlobRecord) -> Redirect | None:
         """Where the client or the proxy in front fetches the bytes itself, when the store is set up for it."""
+        if self.mirror is not None and self.mirror.fetching(blob):
+            return None
         return self._store.redirect(blob.key, blob.digest, blob.size)
 
-    def delete_blob(self, name: str, digest: str) -> None:
-        if not self._metadata.unlink_blob(name, str(parse_digest(digest))):
+    def delete_blob(self, name: str, digest: str, caller: Caller | None = None) -> None:
+        self._writable(name)
+        parsed = str(parse_digest(digest))
+        events = self._events.blob_deleted(name, parsed, caller)
+        if not self._metadata.unlink_blob(name, parsed, events=events):
             raise BlobUnknown({"digest": digest})
+        self.notifications.wake(events)
 
-    def mount(self, name: str, source: str, digest: str) -> BlobRecord | None:
+    def mount(self, name: str, source: str, digest: str, caller: Caller | None = None) -> BlobRecord | None:
         """Cross-repository mount; None when the blob is not readable in `source` (the caller opens a session)."""
+        self._writable(name)
         try:
             parsed = parse_digest(digest)
         except DigestInvalid:
             return None
-        return self._metadata.mount_blob(name, source, str(parsed), quotas=self.quotas_for(name))
+        events = []
+        if self._events and (known := self._metadata.blob(source, str(parsed))) is not None:
+            events = self._events.blob_mounted(name, source, known.digest, known.size, caller)
+        mounted = self._metadata.mount_blob(name, source, str(parsed), quotas=self.quotas_for(name), events=events)
+        self.notifications.wake(events)
+        return mounted
 
     # -- uploads -------------------------------------------------------------------------------------------------
 
     def start_upload(self, name: str, owner: str | None = None) -> UploadSession:
         """Open a session for `owner` (the user asking; None for anonymous callers)."""
+        self._writable(name)
         session_id = self._new_id()
         # The row first: the store never holds bytes nobody records.
         self._metadata.create_upload(name, session_id, owner=owner, limits=self.upload_limits)
@@ -119,6 +146,7 @@ class Registry:
 
     def append_upload(self, name: str, session_id: str, body: Body) -> UploadSession:
         """A PATCH: append the body to the session, in order."""
+        self._writable(name)
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)  # read under the lock: another worker may have moved it
             self._check_range(session, body)
@@ -126,8 +154,10 @@ class Registry:
             self._append(session, body)
             return session
 
-    def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body) -> StoredBlob:
+    def finish_upload(self, name: str, session_id: str, digest: str | None, body: Body,
+                      caller: Caller | None = None) -> StoredBlob:
         """The closing PUT: append an optional last chunk, verify the digest, commit the blob."""
+        self._writable(name)
         if not digest:
             self._session(name, session_id)  # an unknown session is 404 before a missing digest is 400
             raise DigestInvalid({"reason": "the closing PUT needs ?digest="}, message="digest missing")
@@ -139,16 +169,19 @@ class Registry:
                 self._check_room(name, session.length, body)
                 self._append(session, body)
             stored = self._commit(session, parsed)
-        return self._record(name, stored, session_id)
+        return self._record(name, stored, session_id, caller)
 
     def cancel_upload(self, name: str, session_id: str) -> None:
+        self._writable(name)
         with self._store.upload_lock(session_id):
             session = self._session(name, session_id)
             self._metadata.delete_upload(session_id)
             self._store.abort_upload(session_id, session.state)
 
-    def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None) -> StoredBlob:
+    def monolithic_upload(self, name: str, digest: str, body: Body, owner: str | None = None,
+                          caller: Caller | None = None) -> StoredBlob:
         """POST ...?digest= with the whole blob as the body: a session of one request."""
+        self._writable(name)
         parsed = parse_digest(digest)
         self._check_room(name, 0, body)
         session_id = self._new_id()
@@ -163,7 +196,7 @@ class Registry:
             self._metadata.delete_upload(session_id)
             self._store.abort_upload(session_id, session.state)
             raise
-        return self._record(name, stored, session_id)
+        return self._record(name, stored, session_id, caller)
 
     def _append(self, session: UploadSession, body: Body) -> None:
         state = self._store.append(session.id, session.state, body.source)
@@ -180,17 +213,19 @@ class Registry:
             self._store.abort_upload(session.id, session.state)
             raise
 
-    def _record(self, name: str, stored: StoredBlob, session_id: str) -> StoredBlob:
+    def _record(self, name: str, stored: StoredBlob, session_id: str, caller: Caller | None = None) -> StoredBlob:
         """Make a committed blob visible. A refusal raised inside the transaction (a quota) rolled it back, so
         nobody can reach the new key: it goes at once. Any other failure leaves the key to the orphan sweep, which
         checks the metadata first (a commit whose acknowledgement was lost must not lose its bytes)."""
+        events = self._events.blob_pushed(name, stored.digest, stored.size, caller)
         try:
             redundant = self._metadata.record_blob(name, stored, session_id=session_id,
-                                                   quotas=self.quotas_for(name))
+                                                   quotas=self.quotas_for(name), events=events)
         except RegistryError:
             self._store.delete(stored.key)
             self._metadata.delete_upload(session_id)
             raise
+        self.notifications.wake(events)
         if redundant is not None:
             self._store.delete(redundant)
         return stored
@@ -213,6 +248,20 @@ class Registry:
         if body.length is not None and body.length != end - start + 1:
             raise RangeInvalid({"Content-Range": body.content_range[:100], "Content-Length": body.length},
                                message="Content-Range does not match Content-Length")
+
+    # -- the pull-through cache ----------------------------------------------------------------------------------
+
+    def _cached(self, name: str | None) -> bool:
+        return self.mirror is not None and name is not None and self.mirror.upstream_for(name) is not None
+
+    def _writable(self, name: str) -> None:
+        """Names served from an upstream are read-only: a push there would plant content for every puller."""
+        if self.mirror is not None:
+            self.mirror.refuse_write(name)
+
+    def upstream_of(self, name: str) -> dict | None:
+        """Where a cached repository comes from (None for any other)."""
+        return self.mirror.describe(name) if self.mirror is not None else None
 
     # -- quotas and read-only mode -------------------------------------------------------------------------------
 
@@ -254,7 +303,9 @@ class Registry:
 
     # -- manifests -----------------------------------------------------------------------------------------------
 
-    def put_manifest(self, name: str, reference: str, data: bytes, content_type: str | None) -> StoredManifest:
+    def put_manifest(self, name: str, reference: str, data: bytes, content_type: str | None,
+                     caller: Caller | None = None) -> StoredManifest:
+        self._writable(name)
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
             digest = Digest.of(data, ref.algorithm)
@@ -266,14 +317,22 @@ class Registry:
             digest = Digest.of(data)
             tag = ref
         manifest = parse_manifest(data, content_type, digest)
-        self._metadata.put_manifest(name, manifest, tag)
+        events = []
+        if self._events:  # `tag` (only a tag moved) or `push`: whether the repository held the manifest already
+            present = self._metadata.manifest(name, digest=manifest.digest) is not None
+            events = self._events.manifest_pushed(name, manifest.digest, manifest.media_type, len(data), tag, caller,
+                                                  present=present)
+        self._metadata.put_manifest(name, manifest, tag, events=events)
+        self.notifications.wake(events)
         return StoredManifest(manifest.digest, manifest.subject)
 
     def manifest(self, name: str, reference: str, *, with_data: bool = True) -> ManifestRecord:
         """A manifest by tag or digest. Its bytes come from a per-process cache by digest (content never changes
         under a digest); presence is always checked in the metadata."""
         ref = self._lookup_reference(reference)
-        if isinstance(ref, Digest):
+        if self._cached(name):
+            record = self.mirror.manifest(name, ref)
+        elif isinstance(ref, Digest):
             record = self._metadata.manifest(name, digest=str(ref))
         else:
             record = self._metadata.manifest(name, tag=ref)
@@ -292,15 +351,23 @@ class Registry:
                 self._manifest_bytes.put(record.digest, record.data)
         return record
 
-    def delete_manifest(self, name: str, reference: str) -> None:
-        """By digest: the manifest and its tags go. By tag: only that tag goes."""
+    def delete_manifest(self, name: str, reference: str, caller: Caller | None = None) -> None:
+        """By digest: the manifest and its tags go (an event for each, as Distribution reports them). By tag: only
+        that tag goes."""
+        self._writable(name)
         ref = self._lookup_reference(reference)
-        deleted = (self._metadata.delete_manifest(name, str(ref)) if isinstance(ref, Digest)
-                   else self._metadata.delete_tag(name, ref))
+        if isinstance(ref, Digest):
+            tags = self._metadata.tags_of(name, str(ref)) if self._events else ()
+            events = self._events.manifest_deleted(name, str(ref), tags, caller)
+            deleted = self._metadata.delete_manifest(name, str(ref), events=events)
+        else:
+            events = self._events.tag_deleted(name, ref, caller)
+            deleted = self._metadata.delete_tag(name, ref, events=events)
         if not deleted:
             if not self._metadata.repository_exists(name):
                 raise NameUnknown({"name": name})
             raise ManifestUnknown({"reference": reference})
+        self.notifications.wake(events)
 
     @staticmethod
     def _lookup_reference(reference: str) -> str | Digest:
@@ -312,17 +379,23 @@ class Registry:
             raise ManifestUnknown({"reference": reference[:300], "reason": "not a valid tag"}) from None
 
     def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[dict]:
+        if self._cached(name):
+            return self.mirror.referrers(name, str(parse_digest(digest)), artifact_type)
         return self._metadata.referrers(name, str(parse_digest(digest)), artifact_type)
 
     # -- listings ------------------------------------------------------------------------------------------------
 
     def tags_version(self, name: str) -> int:
+        if self._cached(name):
+            return self.mirror.tags_version(name)
         version = self._metadata.tags_version(name)
         if version is None:
             raise NameUnknown({"name": name})
         return version
 
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        if self._cached(name):
+            return self.mirror.tags(name, n, last)
         page = self._metadata.tags(name, n, last)
         if page is None:
             raise NameUnknown({"name": name})
@@ -361,10 +434,12 @@ class Registry:
     def storage_totals(self) -> dict:
         return self._metadata.storage_totals()
 
-    def delete_repository(self, name: str) -> dict:
-        deleted = self._metadata.delete_repository(name)
+    def delete_repository(self, name: str, caller: Caller | None = None) -> dict:
+        events = self._events.repository_deleted(name, caller)
+        deleted = self._metadata.delete_repository(name, events=events)
         if deleted is None:
             raise NameUnknown({"name": name})
+        self.notifications.wake(events)
         counts, sessions = deleted
         for session in sessions:
             self._store.abort_upload(session.id, session.state)
@@ -386,12 +461,51 @@ class Registry:
 
     def fsck(self, *, repair: bool = False, verify_digests: bool = False, grace: float | None = None) -> FsckReport:
         """Whether the metadata and the blob store agree both ways (see `fsck`); with `repair`, what is safe."""
-        return fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
-                    grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
+        report = fsck(self._store, self._metadata, repair=repair, verify_digests=verify_digests,
+                      grace=self.config.gc_grace if grace is None else grace, clock=self.clock)
+        if self.mirror is not None:  # a cached manifest's blobs and children arrive when pulled: no problem
+            report.problems = [p for p in report.problems if not self.mirror.not_fetched_yet(p.kind, p.subject,
+                                                                                           p.detail)]
+        return report
+
+    def copy_blobs_from(self, source: BlobStore, progress=None) -> CopyReport:
+        """Copy every blob from `source` (another store) into this registry's store and point its rows there."""
+        return copy_blobs(self._metadata, source, self._store, new_id=self._new_id, progress=progress)
 
     def recover(self) -> dict:
         """After an unclean stop: finish interrupted deletes, drop upload data no session records."""
         return self._gc.recover()
+
+    # -- events --------------------------------------------------------------------------------------------------
+
+    @property
+    def pulls_wanted(self) -> bool:
+        """Whether any endpoint wants pull events (resources skip `note_pull` otherwise)."""
+        return self._events.pulls_wanted
+
+    def note_pull(self, name: str, record: BlobRecord | ManifestRecord, reference: str | None,
+                  caller: Caller | None = None) -> None:
+        """A pull answered: batched for the endpoints that want pulls (never the outbox); nothing when none do."""
+        if self._events.pulls_wanted:
+            manifest = isinstance(record, ManifestRecord)
+            tag = reference if manifest and reference and ":" not in reference else None  # by tag, not digest
+            self.notifications.note_pull(name, digest=record.digest, size=record.size, tag=tag, manifest=manifest,
+                                         media_type=record.media_type if manifest else "", caller=caller)
+
+    def deliver_events(self) -> int:
+        """One round of the sender (its background loop runs this): the events delivered."""
+        return self.notifications.deliver()
+
+    def event_status(self) -> list[dict]:
+        """Per endpoint: backlog, parked, retrying queues, oldest waiting event, last success and failure."""
+        return self.notifications.status()
+
+    def parked_events(self, endpoint: str, n: int, after: int) -> tuple[list[dict], bool]:
+        return self.notifications.parked(endpoint, n, after)
+
+    def replay_events(self, endpoint: str, ids: list[str] | None = None) -> int:
+        """Queue the endpoint's parked events again (or those named, parked or retained); how many."""
+        return self.notifications.replay(endpoint, ids)
 
     # -- health --------------------------------------------------------------------------------------------------
 
@@ -410,6 +524,9 @@ class Registry:
         return self._metadata.usage()
 
     def close(self) -> None:
+        self.notifications.close()
+        if self.mirror is not None:
+            self.mirror.close()
         self._metadata.close()
         self._store.close()
 

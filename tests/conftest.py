@@ -22,7 +22,8 @@ import webtest
 
 from dockyard.server.app import create_app
 from dockyard.server.config import Config
-from pg_server import new_postgresql_server, postgresql, postgresql_url  # noqa: F401  (fixtures for every test)
+from pg_server import (  # noqa: F401  (fixtures for every test)
+    module_postgresql_server, new_postgresql_server, postgresql, postgresql_url)
 from swift_store import SwiftStore
 
 

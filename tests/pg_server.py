@@ -10,7 +10,8 @@ Fixtures (imported into tests/conftest.py, so tests/contracts, tests/server, tes
 them): `postgresql` (the session's server; a missing tool fails under CI=true and skips otherwise),
 `postgresql_url` (a database for this test alone: a copy of a template the migrations were applied to once, or one a
 test before used, emptied),
-`new_postgresql_server` (a server of the test's own, for tests that stop and restart it).
+`new_postgresql_server` (a server of the test's own, for tests that stop and restart it),
+`module_postgresql_server` (the same for a whole module).
 """
 
 from __future__ import annotations
@@ -200,6 +201,16 @@ def postgresql_url(postgresql) -> str:
 @pytest.fixture
 def new_postgresql_server():
     """A PostgreSQL of this test's own (the test may stop and restart it), with an empty database `dockyard`."""
+    yield from _own_server()
+
+
+@pytest.fixture(scope="module")
+def module_postgresql_server():
+    """`new_postgresql_server` shared by the tests of one module (e.g. a cluster whose database a test restarts)."""
+    yield from _own_server()
+
+
+def _own_server():
     server = PostgresServer(require_postgresql())
     try:
         server.execute("CREATE DATABASE dockyard")

@@ -57,8 +57,11 @@ where the settings come from (the first found wins):
                (http:// for 127.0.0.1 and localhost)
   credentials  the flags; $REGISTRY_TUI_USERNAME and $REGISTRY_TUI_PASSWORD
                (or $REGISTRY_TUI_TOKEN); `username` and `password` in the
-               config file; what `docker login` stored for the host in
-               $DOCKER_CONFIG/config.json (~/.docker/config.json); else none
+               config file; what `docker login` stored for the host, found
+               as docker finds it through $DOCKER_CONFIG/config.json
+               (~/.docker/config.json): the credential helper named by
+               credHelpers for the host, else by credsStore (the program
+               docker-credential-NAME on PATH), else auths; else none
   config file  $XDG_CONFIG_HOME/registry-tui/config.toml, by default
                ~/.config/registry-tui/config.toml: url, username, password,
                timeout (seconds, default 10)

@@ -66,9 +66,12 @@ class Credentials:
     username: str | None = None
     password: str | None = None
     token: str | None = None  # a bearer token given as is (e.g. from a flag); used before any challenge
+    # What `docker login` keeps instead of a password when the token service gives one (`identitytoken` in
+    # config.json, `<token>` from a credential helper): an OAuth2 refresh token, exchanged at the realm.
+    identity_token: str | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
-        return bool(self.username or self.token)
+        return bool(self.username or self.token or self.identity_token)
 
 
 @dataclass
@@ -93,6 +96,7 @@ class RepositoryStats:
     manifests: int
     unique_bytes: int
     shared_bytes: int
+    upstream: str = ""  # a pull-through cached repository: the URL of the registry it is cached from
 
 
 @dataclass
@@ -118,6 +122,7 @@ class GCResult:
 
 # -- auth ----------------------------------------------------------------------------------------------------------
 
+CLIENT_ID = "registry-tui"  # OAuth2 client_id sent with a refresh-token grant (docker sends "docker")
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -139,8 +144,9 @@ def _scope_hint(request: httpx.Request) -> tuple[str, str]:
 
 class RegistryAuth(httpx.Auth):
     """Basic and bearer auth. On `401 WWW-Authenticate: Bearer realm,service,scope` it GETs the realm with the
-    basic credentials, takes `token` (or `access_token`) and retries; tokens are cached per scope, and the scope
-    last needed for a repository is remembered so the next request goes with its token at once."""
+    basic credentials (or, holding an identity token, POSTs it there as docker does: `grant_type=refresh_token`),
+    takes `token` (or `access_token`) and retries; tokens are cached per scope, and the scope last needed for a
+    repository is remembered so the next request goes with its token at once."""
 
     def __init__(self, credentials: Credentials, token_client: httpx.Client, clock: Callable[[], float] = time.time):
         self.credentials = credentials
@@ -198,13 +204,19 @@ class RegistryAuth(httpx.Auth):
 
     def _fetch_token(self, params: dict) -> str:
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
-        headers = {}
-        if self._basic():
-            headers["Authorization"] = self._basic()
+        identity = self.credentials.identity_token
         try:
-            r = self.token_client.get(params["realm"], params=query, headers=headers)
+            if identity:
+                form = {"grant_type": "refresh_token", "refresh_token": identity, "client_id": CLIENT_ID, **query}
+                r = self.token_client.post(params["realm"], data=form)
+            else:
+                headers = {"Authorization": self._basic()} if self._basic() else {}
+                r = self.token_client.get(params["realm"], params=query, headers=headers)
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach the token service {params['realm']}: {_reason(exc)}") from None
+        if identity and r.status_code in (400, 401, 403):
+            raise AuthFailed(f"the token service refused the identity token ({r.status_code}): it may have expired "
+                             "or been revoked; `docker login` again", status=r.status_code)
         if r.status_code in (401, 403):
             who = f"user {self.credentials.username!r}" if self.credentials.username else "anonymous access"
             raise AuthFailed(f"the token service refused {who} ({r.status_code}): check the credentials",
@@ -243,6 +255,12 @@ def next_link(response: httpx.Response) -> str | None:
             if match:
                 return urljoin(str(response.request.url), match.group(1))
     return None
+
+
+def _upstream_url(row: dict) -> str:
+    upstream = row.get("upstream")
+    url = upstream.get("url") if isinstance(upstream, dict) else None
+    return url if isinstance(url, str) else ""
 
 
 class RegistryClient:
@@ -293,6 +311,9 @@ class RegistryClient:
         text = f"{method} {path}: {r.status_code} {code or ''} {message}".replace("  ", " ").strip()
         if r.status_code == 401:
             hint = "wrong credentials" if self.credentials else "this registry needs credentials (--username)"
+            basic = parse_challenge(r.headers.get("WWW-Authenticate", ""))[0] == "basic"
+            if basic and self.credentials.identity_token and not self.credentials.username:
+                hint = "an identity token needs a token service, and this registry asks for a user name"
             return AuthFailed(f"{text} — {hint}", status=401, code=code)
         if r.status_code == 403:
             return AuthFailed(f"{text} — not allowed for this user", status=403, code=code)
@@ -421,13 +442,21 @@ class RegistryClient:
     def repositories(self, page_size: int = 1000) -> Iterator[list[RepositoryStats]]:
         for _, body in self._pages(f"{ADMIN}/repositories", {"n": page_size}):
             yield [RepositoryStats(r["name"], int(r.get("tags", 0)), int(r.get("manifests", 0)),
-                                   int(r.get("unique_bytes", 0)), int(r.get("shared_bytes", 0)))
+                                   int(r.get("unique_bytes", 0)), int(r.get("shared_bytes", 0)), _upstream_url(r))
                    for r in body.get("repositories") or []]
 
     def tag_stats(self, repository: str, page_size: int = 1000) -> Iterator[list[TagStats]]:
         for _, body in self._pages(f"{ADMIN}/repositories/{repository}/tags", {"n": page_size}):
             yield [TagStats(t["tag"], t["digest"], t.get("media_type", ""), int(t.get("size", 0)),
                             t.get("updated_at", "")) for t in body.get("tags") or []]
+
+    def event_endpoints(self) -> list[dict] | None:
+        """Dockyard's event delivery per notification endpoint (backlog, parked, ...); None from a server without
+        it (an older release)."""
+        try:
+            return list(self._json(self.request("GET", f"{ADMIN}/events")).get("endpoints") or [])
+        except (NotFound, Unsupported):
+            return None
 
     def delete_repository(self, repository: str) -> dict:
         return self._json(self.request("DELETE", f"{ADMIN}/repositories/{repository}", ok=(200, 202)))

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from textual.message import Message
 
 from .client import GCResult, RepositoryStats
 from .images import TagRow
-from .retention import Plan
+from .retention import Plan, ReferrerChoice
 
 
 @dataclass
 class Connected(Message):
     admin: bool
     storage: dict | None = None
+    events: list[dict] | None = None  # notification endpoints' delivery state (admin API), when there are any
 
 
 @dataclass
@@ -40,8 +41,7 @@ class TagsDone(Message):
 
 @dataclass
 class ManifestLoaded(Message):
-    text: object  # a Rich renderable describing the manifest
-    pull: list[str] = field(default_factory=list)
+    description: object  # screens.manifest.Description: the renderables, the pull references, an index's platforms
 
 
 @dataclass
@@ -55,6 +55,7 @@ class LoadFailed(Message):
 class PlanReady(Message):
     plan: Plan
     note: str = ""
+    referrers: ReferrerChoice | None = None  # the same deletion with the manifests' referrers, where asked for
 
 
 @dataclass

@@ -1,19 +1,25 @@
-"""Retention rules and the deletion plan: which tags go, which manifests go with them, how many bytes come back.
+"""Retention rules and the deletion plan: which tags go, which manifests go with them, how many bytes come back;
+and, when the operator asks, the same deletion with the referrers of those manifests (signatures, SBOMs).
 
 Bytes are counted the way garbage collection will find them: a blob is freed only when no kept manifest of this
 repository references it and (where the admin API tells) no other repository holds it; a manifest is deleted
-only when every tag pointing at it goes, and an index's child only when no kept index references it.
+only when every tag pointing at it goes, and an index's child only when no kept index references it. Referrers
+are found with the OCI referrers API; those of kept manifests stay reachable, so their blobs are kept too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from .client import ClientError, RegistryClient, RepositoryStats
-from .images import Footprint, Inventory, TagRow
+from .images import Footprint, Inventory, TagRow, load_footprint
+
+REFERRER_DEPTH = 4  # levels of referrers of referrers (a signature of an SBOM is two); digests rule out cycles
+KEPT_LIMIT = 200  # kept manifests whose referrers are asked for; beyond it the bytes freed are an upper bound
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Plan:
     kept_by_others: dict[str, int] = field(default_factory=dict)  # would be freed, but other repositories hold them
     unknown: list[str] = field(default_factory=list)  # tags whose manifest could not be read
     other_repositories_checked: bool | None = None  # None: the server cannot tell (no admin API)
+    referrers: dict[str, str] = field(default_factory=dict)  # referrers among `manifests`: digest -> artifact type
 
     @property
     def bytes_freed(self) -> int:
@@ -67,9 +74,11 @@ class Plan:
 
 
 def plan(repository: str, tags: dict[str, str | None], footprints: dict[str, Footprint], doomed: Iterable[str],
-         *, held_elsewhere: set[str] | None = None, manifests: Iterable[str] = ()) -> Plan:
+         *, held_elsewhere: set[str] | None = None, manifests: Iterable[str] = (),
+         also_kept: Iterable[str] = ()) -> Plan:
     """`tags`: every tag of the repository -> its digest; `doomed`: the tags to delete; `manifests`: digests to
-    delete outright (with every tag that points at them); `held_elsewhere`: blobs other repositories hold."""
+    delete outright (with every tag that points at them); `held_elsewhere`: blobs other repositories hold;
+    `also_kept`: untagged manifests that stay reachable (the referrers of kept manifests)."""
     doomed = set(doomed)
     groups: dict[str, set[str]] = {}
     for tag, digest in tags.items():
@@ -80,7 +89,7 @@ def plan(repository: str, tags: dict[str, str | None], footprints: dict[str, Foo
         doomed |= groups.get(digest, set())
     unknown = sorted(t for t in doomed if not tags.get(t) or tags[t] not in footprints)
     going = {d for d, members in groups.items() if members <= doomed} | forced
-    kept = {d for d in groups if d not in going}
+    kept = {d for d in groups if d not in going} | (set(also_kept) - going)
 
     kept_manifests: dict[str, int] = {}
     kept_blobs: dict[str, int] = {}
@@ -150,13 +159,16 @@ def blobs_held_elsewhere(client: RegistryClient, repository: str, blobs: Iterabl
 
 
 def make_plan(client: RegistryClient, admin: bool | None, inventory: Inventory, stats: dict[str, RepositoryStats],
-              doomed: Iterable[str], manifests: Iterable[str] = ()) -> tuple[Plan, str]:
+              doomed: Iterable[str], manifests: Iterable[str] = (), *, footprints: dict[str, Footprint] | None = None,
+              also_kept: Iterable[str] = ()) -> tuple[Plan, str]:
     """The plan for deleting `doomed` tags and `manifests` from the inventory's repository, with the blobs other
-    repositories hold left out where the admin API lets us find them; and a note when it could not check."""
-    doomed, manifests = list(doomed), list(manifests)  # each is read twice below
+    repositories hold left out where the admin API lets us find them; and a note when it could not check.
+    `footprints`: the inventory's, unless the caller has read more (referrers)."""
+    doomed, manifests, also_kept = list(doomed), list(manifests), list(also_kept)  # each is read twice below
+    footprints = inventory.footprints if footprints is None else footprints
     with inventory.lock:
         tags = {t: r.digest for t, r in inventory.tags.items()}
-    result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests)
+    result = plan(inventory.repository, tags, footprints, doomed, manifests=manifests, also_kept=also_kept)
     note = ""
     if admin:
         held = blobs_held_elsewhere(client, inventory.repository, result.blobs, stats) if result.blobs else set()
@@ -164,6 +176,111 @@ def make_plan(client: RegistryClient, admin: bool | None, inventory: Inventory, 
             result.other_repositories_checked = False
             note = "Too many repositories to check which share these blobs: the bytes are an upper bound."
         else:
-            result = plan(inventory.repository, tags, inventory.footprints, doomed, manifests=manifests,
-                          held_elsewhere=held)
+            result = plan(inventory.repository, tags, footprints, doomed, manifests=manifests,
+                          held_elsewhere=held, also_kept=also_kept)
     return result, note
+
+
+# -- referrers -------------------------------------------------------------------------------------------------
+
+
+def find_referrers(client: RegistryClient, repository: str, subjects: Iterable[str], *,
+                   depth: int = REFERRER_DEPTH, threads: int = 8) -> dict[str, dict] | None:
+    """The manifests whose subject is one of `subjects`, and those whose subject is one of these (a signature of
+    an SBOM), `depth` levels down: digest -> its descriptor from the referrers API, the deepest level first (the
+    order to delete them in). None when the registry has no referrers API."""
+    level = list(dict.fromkeys(subjects))
+    seen = set(level)
+    levels: list[dict[str, dict]] = []
+    answers: dict[str, list[dict] | None] = {}
+    if level:  # one subject first, alone: a registry without the API answers 404, and the rest need not be asked
+        answers[level[0]] = client.referrers(repository, level[0])
+        if answers[level[0]] is None:
+            return None
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(depth):
+            if not level:
+                break
+            asked = [digest for digest in level if digest not in answers]
+            answers.update(zip(asked, pool.map(lambda digest: client.referrers(repository, digest), asked)))
+            found: dict[str, dict] = {}
+            for subject in level:
+                if answers[subject] is None:
+                    return None
+                for descriptor in answers[subject]:
+                    digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
+                    if isinstance(digest, str) and digest not in seen:
+                        seen.add(digest)
+                        found[digest] = descriptor
+            levels.append(found)
+            level = list(found)
+    ordered: dict[str, dict] = {}
+    for found in reversed(levels):
+        ordered.update(found)
+    return ordered
+
+
+NO_REFERRERS_API = ("this registry has no referrers API (GET /v2/<name>/referrers/<digest>): the signatures and "
+                    "SBOMs of these manifests cannot be found, and stay")
+NOTHING_REFERS = "nothing refers to these manifests: no signatures, SBOMs or attestations"
+
+
+@dataclass
+class ReferrerChoice:
+    """What the deletion dialog offers besides the plan: the same deletion with the referrers of its manifests.
+    `plan` is None when that is not on offer, and `reason` says why."""
+    plan: Plan | None
+    reason: str = ""
+    note: str = ""
+
+    @property
+    def nothing_refers(self) -> bool:
+        return self.reason == NOTHING_REFERS
+
+
+def with_referrers(client: RegistryClient, admin: bool | None, inventory: Inventory,
+                   stats: dict[str, RepositoryStats], doomed: Iterable[str], manifests: Iterable[str],
+                   alone: Plan, *, kept_limit: int = KEPT_LIMIT) -> ReferrerChoice | None:
+    """The deletion `alone` plans, with every referrer of the manifests it deletes (and their referrers) deleted
+    before them, so a run cut short leaves no referrer without its subject. None when `alone` deletes no manifest."""
+    if not alone.manifests:
+        return None
+    repository = inventory.repository
+    try:
+        found = find_referrers(client, repository, alone.manifests)
+    except ClientError as exc:
+        return ReferrerChoice(None, f"the referrers could not be listed: {exc}")
+    if found is None:
+        return ReferrerChoice(None, NO_REFERRERS_API)
+    if not found:
+        return ReferrerChoice(None, NOTHING_REFERS)
+    footprints = dict(inventory.footprints)
+    note = ""
+    try:
+        _read_footprints(client, repository, found, footprints)
+        # What stays reachable: the tagged manifests that stay, their children, and the referrers of all of these.
+        # Garbage collection keeps the blobs those referrers use (often the same empty config), so they free nothing.
+        with inventory.lock:
+            tagged = {row.digest for row in inventory.tags.values() if row.digest}
+        kept: set[str] = set()
+        for digest in tagged - set(alone.manifests) - set(found):
+            kept |= set(footprints[digest].manifests()) if digest in footprints else {digest}
+        if len(kept) > kept_limit:
+            kept_referrers: dict[str, dict] = {}
+            note = "Too many manifests stay to ask which blobs their referrers use: the bytes are an upper bound."
+        else:
+            kept_referrers = find_referrers(client, repository, kept) or {}
+            _read_footprints(client, repository, kept_referrers, footprints)
+    except ClientError as exc:
+        return ReferrerChoice(None, f"the referrers could not be read: {exc}")
+    result, held_note = make_plan(client, admin, inventory, stats, doomed, [*manifests, *found],
+                                  footprints=footprints, also_kept=kept_referrers)
+    result.manifests = [d for d in found if d in result.manifests] + [d for d in result.manifests if d not in found]
+    result.referrers = {d: str(found[d].get("artifactType") or "?") for d in found if d in result.manifests}
+    return ReferrerChoice(result, note=" ".join(n for n in (held_note, note) if n))
+
+
+def _read_footprints(client: RegistryClient, repository: str, digests: Iterable[str],
+                     footprints: dict[str, Footprint]) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda digest: load_footprint(client, repository, digest, footprints), list(digests)))

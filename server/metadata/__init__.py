@@ -13,7 +13,12 @@ Guarantees every driver gives
   at a forgotten blob.
 - Quotas are counted and checked inside the transaction that links a blob.
 - `events` given to a write method are written in the same transaction, only when the change takes effect (the
-  outbox: a committed change always has its event, a refused or rolled-back one never does).
+  outbox: a committed change always has its event, a refused or rolled-back one never does). A repository's events
+  carry increasing numbers in commit order, and no reader ever sees one before an earlier one, so a sender that
+  delivers a repository's events in that order cannot skip one that commits late. On PostgreSQL, where ids taken at
+  insert do not commit in order, each event takes its repository's next number under that sequence's row lock,
+  held to the commit; SQLite commits one writer at a time, so there the id is the number. Each event names its endpoints; one delivery row per endpoint is written with it, and the
+  endpoint's queue for that repository counts it (`Outbox`).
 - No method calls the blob store; the protocol between the two is in `..storage`'s docstring. Keys to delete are
   handed over as pending-delete rows (`Lifecycle.sweep_blobs`, `pending_deletes`, `forget_pending`).
 
@@ -26,8 +31,8 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Callable, Iterable, Iterator, Sequence
 
-from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageUsage, StoredBlob, UploadLimits,
-                     UploadSession, UploadState)
+from ..model import (BlobRecord, Claim, ManifestRecord, NewEvent, NewManifest, OutboxEvent, StorageUsage, StoredBlob,
+                     UploadLimits, UploadSession, UploadState)
 from ..errors import TooManyRequests, Unsupported
 from ..quotas import Quota
 
@@ -65,6 +70,76 @@ class Lifecycle(ABC):
     @abstractmethod
     def delete_upload(self, session_id: str) -> None:
         """Forget a session (the caller throws its bytes away after the transaction)."""
+
+    @abstractmethod
+    def evict_manifest(self, repository: str, digest: str, active_after: float) -> list[str]:
+        """Pull-through cache eviction: delete a cached manifest with its tags, and its child manifests no other
+        manifest of the repository names, unless the repository was pulled from (or fetched into) after
+        `active_after`; the repository's links no manifest uses any more become collectable at once (the sweeps
+        free them). The digests deleted (none: the repository is in use)."""
+
+    def add_events(self, events: Sequence[NewEvent]) -> None:
+        """Write events in this transaction (garbage collection's: a manifest it removed)."""
+        raise NotImplementedError
+
+
+class Outbox(ABC):
+    """Delivery of the outbox's events (`Metadata.outbox()`), shared by every sender of every node.
+
+    Work is handed out per endpoint and repository: a queue row counts the events waiting, when the next try is due
+    and who holds the lease. A sender claims due queues (a lease until a time: one sender at a time per queue,
+    whatever the number of processes and nodes; PostgreSQL hands them out with `FOR UPDATE SKIP LOCKED`), sends
+    each queue's events in sequence order, and records the outcome: delivered rows go, failures push the queue's
+    next try back, and after the endpoint's number of attempts the events tried are parked (kept, set aside,
+    replayable) and the queue moves on. Events every endpoint is done with are pruned after the retention period.
+    """
+
+    @abstractmethod
+    def due(self, endpoints: Sequence[str], now: float) -> bool:
+        """Whether any queue of these endpoints has events due and no live lease (a cheap read)."""
+
+    @abstractmethod
+    def claim(self, endpoints: Sequence[str], owner: str, now: float, lease_until: float, limit: int) -> list[Claim]:
+        """Lease up to `limit` due queues of these endpoints to `owner`, the longest due first."""
+
+    @abstractmethod
+    def pending(self, endpoint: str, repository: str, limit: int) -> list[OutboxEvent]:
+        """The queue's next events, in the repository's sequence order."""
+
+    @abstractmethod
+    def delivered(self, claim: Claim, numbers: Sequence[int], owner: str, now: float, lease_until: float) -> None:
+        """The endpoint accepted these events: they leave the queue; the lease runs to `lease_until` (0 ends it)."""
+
+    @abstractmethod
+    def failed(self, claim: Claim, numbers: Sequence[int], owner: str, now: float, error: str, attempts: int,
+               retry_at: float, park: bool) -> None:
+        """A try failed: the queue's next try is at `retry_at` after `attempts` failures, or, with `park`, these
+        events are parked and the queue goes on at once. The lease ends."""
+
+    @abstractmethod
+    def release(self, claim: Claim, owner: str, *, resync: bool = False) -> None:
+        """End the lease (nothing more to send). With `resync` (the queue counted events `pending` could not
+        find), count them again, forgetting deliveries of events that are gone."""
+
+    @abstractmethod
+    def endpoint_states(self) -> dict[str, dict]:
+        """Per endpoint with any state: backlog, parked, retrying (queues failing), oldest_pending (created_at of
+        the oldest waiting event), last_success, last_failure, last_error, delivered (a count)."""
+
+    @abstractmethod
+    def parked(self, endpoint: str, limit: int, after: int) -> list[dict]:
+        """Parked events of the endpoint after event number `after`: number, uid, repository, action, payload,
+        created_at, parked_at, attempts, last_error."""
+
+    @abstractmethod
+    def replay(self, endpoint: str, uids: Sequence[str] | None, now: float) -> int:
+        """Queue events for the endpoint again: every parked one (`uids` None), or those named (parked, or still
+        retained after delivery). NOT_FOUND naming the unknown ids, and nothing done, when some are not in the
+        outbox. How many were queued."""
+
+    @abstractmethod
+    def prune(self, before: float, limit: int) -> int:
+        """Delete up to `limit` events created before `before` that no endpoint has left to deliver or parked."""
 
 
 class Metadata(ABC):
@@ -234,6 +309,11 @@ class Metadata(ABC):
         same content pushed again is stored afresh. Manifests that use it are left to report."""
 
     @abstractmethod
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        """Point the blob's row at `new_key` (its bytes copied to another store, `dockyard migrate-blobs`) if it
+        still names `old_key`; whether it did."""
+
+    @abstractmethod
     def upload_sessions(self) -> Iterator[UploadSession]:
         """Every upload session (for fsck)."""
 
@@ -243,9 +323,38 @@ class Metadata(ABC):
         repository, a manifest without its bytes, a manifest naming a blob or child its repository does not hold."""
 
     @abstractmethod
-    def lock(self, name: str, *, blocking: bool = True) -> AbstractContextManager[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> AbstractContextManager[bool]:
         """An exclusive lock shared by every process using this metadata (garbage collection, upload purge): the
-        context's value says whether it is held (always True when `blocking`)."""
+        context's value says whether it is held (always True when `blocking`). `transient`: one of many names
+        used once or twice (the pull-through cache takes one per blob), so nothing of it may stay behind."""
+
+    # -- pull-through cache --------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def cache_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
+        """Store a manifest fetched from an upstream in a cached repository and point `tag` at it, confirmed now,
+        without put_manifest's check that its blobs and children are here (a cache fetches them when they are
+        asked for; once stored, the manifest's references keep them from garbage collection). Records a pull."""
+
+    @abstractmethod
+    def cached_tag(self, repository: str, tag: str) -> tuple[ManifestRecord, float | None] | None:
+        """The manifest a tag names and when the upstream last confirmed it (None: never), in one read."""
+
+    @abstractmethod
+    def confirm_cached_tag(self, repository: str, tag: str) -> None:
+        """The upstream still names the same manifest for `tag`: it is fresh from now."""
+
+    @abstractmethod
+    def record_pulls(self, pulls: Sequence[tuple[str, str, float]]) -> None:
+        """(repository, manifest digest or "" for the repository as a whole, time), in one transaction; a pull
+        time only ever moves forward."""
+
+    @abstractmethod
+    def cache_candidates(self, prefix: str, active_after: float, limit: int) -> list[tuple[str, str, float, int]]:
+        """Eviction candidates under a name prefix ("dockerhub/"): manifests no other manifest of their repository
+        names (what clients pull: images, indexes, artifacts), least recently pulled first, leaving out
+        repositories pulled from after `active_after`: (repository, digest, last pull, bytes it and its children
+        reference)."""
 
     # -- switches and events -------------------------------------------------------------------------------------
 
@@ -273,6 +382,23 @@ class Metadata(ABC):
     @abstractmethod
     def events_after(self, after: int, limit: int = 100) -> list[tuple[int, NewEvent, float]]:
         """Outbox rows with an id above `after`, oldest first: (id, event, created_at)."""
+
+    def outbox(self) -> Outbox:
+        """The delivery state of the events (see `Outbox`)."""
+        raise Unsupported({"reason": f"the {self.driver} metadata driver has no outbox"})
+
+    def tags_of(self, repository: str, digest: str) -> list[str]:
+        """Tags of `repository` pointing at the manifest `digest` (drivers answer from an index)."""
+        found, last = [], None
+        while True:
+            page = self.tag_details(repository, 1000, last)
+            if page is None:
+                return found
+            rows, more = page
+            found += [row["tag"] for row in rows if row["digest"] == digest]
+            if not more or not rows:
+                return found
+            last = rows[-1]["tag"]
 
 
 def too_many_sessions(scope: str, limit: int) -> TooManyRequests:
@@ -324,4 +450,4 @@ def open_metadata(config, *, clock: Callable[[], float], check_schema: bool = Tr
     return PostgresMetadata(url, clock=clock, check_schema=check_schema)
 
 
-__all__ = ["Lifecycle", "Metadata", "database_url", "open_metadata", "redact", "sqlite_path"]
+__all__ = ["Lifecycle", "Metadata", "Outbox", "database_url", "open_metadata", "redact", "sqlite_path"]

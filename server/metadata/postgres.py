@@ -55,6 +55,9 @@ from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageU
                      UploadSession, UploadState)
 from ..quotas import Quota
 from . import Lifecycle, Metadata, blob_in_use, redact, too_many_sessions
+from .postgres_cache import (CHANNEL, EVERYTHING, LISTENER_NAME, DigestCache, gone_blob, gone_manifest,
+                             gone_repository)
+from .postgres_outbox import PostgresOutbox, add_events
 from .postgres_schema import CURRENT, MIGRATIONS, MINIMUM, SCHEMA_TABLE, Migration, SchemaError, check_version
 
 try:
@@ -76,6 +79,7 @@ GC_KEY = 1
 LOCK_CLASS = 0x6C6F636B  # "lock"
 QUOTA_CLASS = 0x71756F74  # "quot"
 MIGRATE_KEY = 2
+EVENTS_SCHEMA = 2  # the schema version event delivery needs (postgres_schema's 0002)
 OPTIONS = {"pool_max_size": 10, "pool_min_size": 1, "pool_timeout": 10.0, "statement_timeout": 30000}
 
 # One statement, under the bucket row's lock: refill by the time elapsed (never backwards: nodes' clocks differ a
@@ -183,6 +187,28 @@ SELECT r.id, t.name FROM repositories r
  WHERE r.name = %(repository)s ORDER BY t.name
 """
 
+# -- the pull-through cache (see sqlite_queries for what each does) ----------------------------------------------
+CACHE_CANDIDATES = """
+WITH scope AS (SELECT id, name FROM repositories WHERE name >= %(low)s AND name < %(high)s),
+idle AS (
+    SELECT s.id, s.name FROM scope s
+     WHERE NOT EXISTS (SELECT 1 FROM cache_pulls p WHERE p.repository = s.name AND p.pulled_at > %(after)s)
+       AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = s.id AND m.created_at > %(after)s)
+)
+SELECT i.id, i.name, m.digest, GREATEST(m.created_at, COALESCE(p.pulled_at, 0)) AS last
+  FROM idle i JOIN manifests m ON m.repository_id = i.id
+  LEFT JOIN cache_pulls p ON p.repository = i.name AND p.digest = m.digest
+ WHERE NOT EXISTS (SELECT 1 FROM manifest_references x WHERE x.repository_id = i.id AND x.child = m.digest
+                    AND x.kind = 'manifest')
+ ORDER BY last, i.name, m.digest LIMIT %(limit)s
+"""
+REPOSITORY_ACTIVE = """
+SELECT EXISTS (SELECT 1 FROM cache_pulls WHERE repository = %(name)s AND pulled_at > %(after)s)
+    OR EXISTS (SELECT 1 FROM manifests WHERE repository_id = %(id)s AND created_at > %(after)s)
+"""
+CONFIRM_TAG = ("INSERT INTO cache_tags (repository, tag, checked_at) VALUES (%s, %s, %s) "
+               "ON CONFLICT (repository, tag) DO UPDATE SET checked_at = excluded.checked_at")
+
 
 def _require_driver() -> None:
     if psycopg is None:
@@ -225,6 +251,7 @@ class PostgresMetadata(Metadata):
         self._pid = os.getpid()
         self._warned_no_buckets = False
         self._takes = 0
+        self.digests = DigestCache(self._listener_connection)
         _INSTANCES.add(self)
         if check_schema:
             self.check_schema()
@@ -265,6 +292,18 @@ class PostgresMetadata(Metadata):
                                    **self._connect_kwargs())
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
+
+    def _listener_connection(self):
+        """The digest cache's LISTEN connection: outside the pool, with TCP keepalives so that a vanished server
+        is noticed in seconds, not at the kernel's default of hours."""
+        return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5, keepalives=1,
+                               keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                               application_name=LISTENER_NAME)
+
+    @staticmethod
+    def _notify(cur, payload: str) -> None:
+        """Tell every process's digest cache, when this transaction commits, that a record is gone."""
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     def _run(self, body: Callable[[Any], T], *, write: str | None = None, retry: bool = False) -> T:
         """Run `body(cursor)` on a pooled connection: alone (a read, or a write of one statement) or in a
@@ -319,11 +358,7 @@ class PostgresMetadata(Metadata):
 
     def _add_events(self, cur, events: Sequence[NewEvent]) -> None:
         if events:
-            now = self._clock()
-            cur.execute("INSERT INTO events (repository, action, payload, created_at) "
-                        "SELECT * FROM unnest(%s::TEXT[], %s::TEXT[], %s::TEXT[], %s::DOUBLE PRECISION[])",
-                        ([e.repository for e in events], [e.action for e in events],
-                         [json.dumps(e.payload, separators=(",", ":")) for e in events], [now] * len(events)))
+            add_events(cur, events, self._clock())
 
     # -- lifetime ------------------------------------------------------------------------------------------------
 
@@ -345,6 +380,7 @@ class PostgresMetadata(Metadata):
         """Refuse to start on a schema this code cannot use (postgres_schema's rules); the version found."""
         found = self.schema_version()
         check_version(found, current=self._migrations[-1].version, minimum=self._minimum)
+        self._schema_found = found
         return found
 
     def migrate(self) -> list[str]:
@@ -371,6 +407,7 @@ class PostgresMetadata(Metadata):
                                     (migration.version, migration.name))
                         applied.append(migration.name)
                 cur.execute("COMMIT")
+                self._schema_found = max(found, known)
                 return applied
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
@@ -378,6 +415,7 @@ class PostgresMetadata(Metadata):
             conn.close()
 
     def close(self) -> None:
+        self.digests.stop()
         with self._pool_lock:
             pool, self._pool = self._pool, None
             if pool is not None and self._pid == os.getpid():
@@ -452,11 +490,20 @@ class PostgresMetadata(Metadata):
     # -- blobs ---------------------------------------------------------------------------------------------------
 
     def blob(self, repository: str, digest: str) -> BlobRecord | None:
+        cached = self.digests.get("b", repository, digest)
+        if cached is not None:
+            return cached
+        generation = self.digests.generation()
+
         def body(cur):
             cur.execute(BLOB_IN_REPOSITORY, (repository, digest))
             return cur.fetchone()
         row = self._read(body)
-        return BlobRecord(*row) if row else None
+        if not row:
+            return None
+        record = BlobRecord(*row)
+        self.digests.put("b", repository, digest, record, generation)
+        return record
 
     def record_blob(self, repository: str, blob: StoredBlob, *, session_id: str | None = None,
                     quotas: Sequence[Quota] = (), events: Sequence[NewEvent] = ()) -> str | None:
@@ -510,10 +557,15 @@ class PostgresMetadata(Metadata):
                 raise blob_in_use(digest, users)
             cur.execute("DELETE FROM repository_blobs WHERE digest = %s AND repository_id = "
                         "(SELECT id FROM repositories WHERE name = %s)", (digest, repository))
-            if cur.rowcount:
-                self._add_events(cur, events)
-            return cur.rowcount > 0
-        return self._write(body)
+            if not cur.rowcount:
+                return False
+            self._add_events(cur, events)
+            self._notify(cur, gone_blob(repository, digest))
+            return True
+        unlinked = self._write(body)
+        if unlinked:
+            self.digests.gone(gone_blob(repository, digest))
+        return unlinked
 
     # -- upload sessions -----------------------------------------------------------------------------------------
 
@@ -634,6 +686,12 @@ class PostgresMetadata(Metadata):
                     "updated_at = excluded.updated_at", (repository_id, tag, digest, now))
 
     def manifest(self, repository: str, *, digest: str | None = None, tag: str | None = None) -> ManifestRecord | None:
+        if tag is None:
+            cached = self.digests.get("m", repository, digest)
+            if cached is not None:
+                return cached
+        generation = self.digests.generation()
+
         def body(cur):
             if tag is not None:
                 cur.execute("SELECT m.digest, m.media_type, m.size FROM repositories r "
@@ -646,7 +704,12 @@ class PostgresMetadata(Metadata):
                             (repository, digest))
             return cur.fetchone()
         row = self._read(body)
-        return ManifestRecord(*row) if row else None
+        if not row:
+            return None
+        record = ManifestRecord(*row)
+        if tag is None:
+            self.digests.put("m", repository, digest, record, generation)
+        return record
 
     def manifest_data(self, digest: str) -> bytes | None:
         def body(cur):
@@ -667,8 +730,12 @@ class PostgresMetadata(Metadata):
             cur.execute("DELETE FROM manifest_references WHERE repository_id = %s AND digest = %s",
                         (repository_id, digest))
             self._add_events(cur, events)
+            self._notify(cur, gone_manifest(repository, digest))
             return True
-        return self._write(body)
+        deleted = self._write(body)
+        if deleted:
+            self.digests.gone(gone_manifest(repository, digest))
+        return deleted
 
     def delete_tag(self, repository: str, tag: str, *, events: Sequence[NewEvent] = ()) -> bool:
         def body(cur):
@@ -720,8 +787,12 @@ class PostgresMetadata(Metadata):
                 cur.execute(f"DELETE FROM {table} WHERE repository_id = %s", (repository_id,))
             cur.execute("DELETE FROM repositories WHERE id = %s", (repository_id,))
             self._add_events(cur, events)
+            self._notify(cur, gone_repository(name))
             return {"repository": name, "manifests": manifests, "tags": tags}, sessions
-        return self._write(body)
+        result = self._write(body)
+        if result is not None:
+            self.digests.gone(gone_repository(name))
+        return result
 
     # -- quotas --------------------------------------------------------------------------------------------------
 
@@ -818,13 +889,16 @@ class PostgresMetadata(Metadata):
             with self._get_pool().connection() as conn:
                 with conn.cursor() as cur:
                     cur.execute(BEGIN_GC_EXCLUSIVE)
+                    step = PostgresLifecycle(cur, self._clock)
                     try:
-                        yield PostgresLifecycle(cur, self._clock)
+                        yield step
                     except BaseException:
                         if not conn.broken:
                             cur.execute("ROLLBACK")
                         raise
                     cur.execute("ROLLBACK" if dry_run else "COMMIT")
+                    if step.removed and not dry_run:
+                        self.digests.gone(EVERYTHING)
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._unavailable(exc) from None
 
@@ -860,11 +934,25 @@ class PostgresMetadata(Metadata):
             return {r[0] for r in cur.fetchall()}
         return self._read(body)
 
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        def body(cur):
+            cur.execute("UPDATE blobs SET key = %s WHERE digest = %s AND key = %s", (new_key, digest, old_key))
+            if not cur.rowcount:
+                return False
+            self._notify(cur, EVERYTHING)  # cached blob records carry the key
+            return True
+        rekeyed = self._write(body, gc=True)
+        if rekeyed:
+            self.digests.gone(EVERYTHING)
+        return rekeyed
+
     def forget_blob(self, digest: str) -> None:
         def body(cur):
             cur.execute("DELETE FROM repository_blobs WHERE digest = %s", (digest,))
             cur.execute("DELETE FROM blobs WHERE digest = %s", (digest,))
+            self._notify(cur, EVERYTHING)
         self._write(body, gc=True)
+        self.digests.gone(EVERYTHING)
 
     def upload_sessions(self) -> Iterator[UploadSession]:
         def body(cur):
@@ -911,7 +999,8 @@ class PostgresMetadata(Metadata):
             last = rows[-1][0]
 
     @contextmanager
-    def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> Iterator[bool]:
+        # An advisory lock leaves nothing behind, transient or not.
         conn = self._direct_connection()
         try:
             try:
@@ -934,6 +1023,104 @@ class PostgresMetadata(Metadata):
                 pass  # the connection died: the lock went with it
         finally:
             conn.close()
+
+    # -- pull-through cache --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _cache_tables(self) -> Iterator[None]:
+        """This release on a schema-1 database (a rolling upgrade not migrated yet): cached repositories answer
+        503 with what to run, everything else serves as usual."""
+        try:
+            yield
+        except psycopg.errors.UndefinedTable:
+            raise Unavailable({"database": "schema"}, headers={"Retry-After": RETRY_AFTER},
+                              message="the pull-through cache needs the database schema of this release: "
+                                      "run `dockyard migrate`") from None
+
+    def cache_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
+        blobs = list(dict.fromkeys(manifest.blobs))
+        children = list(dict.fromkeys(manifest.manifests))
+
+        def body(cur):
+            now = self._clock()
+            repository_id = self._ensure_repository(cur, repository)
+            cur.execute("SELECT 1 FROM manifests WHERE repository_id = %s AND digest = %s",
+                        (repository_id, manifest.digest))
+            if cur.fetchone() is None:
+                cur.execute(
+                    "WITH content AS (INSERT INTO manifest_content (digest, data) VALUES (%(d)s, %(data)s) "
+                    "ON CONFLICT (digest) DO NOTHING) "
+                    "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+                    "annotations, created_at) VALUES (%(r)s, %(d)s, %(media_type)s, %(size)s, %(artifact_type)s, "
+                    "%(subject)s, %(annotations)s, %(now)s)",
+                    {"r": repository_id, "d": manifest.digest, "data": manifest.data,
+                     "media_type": manifest.media_type, "size": len(manifest.data),
+                     "artifact_type": manifest.artifact_type, "subject": manifest.subject,
+                     "annotations": json.dumps(manifest.annotations) if manifest.annotations else None, "now": now})
+                if blobs or children:
+                    cur.execute(
+                        "WITH refs AS (INSERT INTO manifest_references (repository_id, digest, child, kind) "
+                        "SELECT %(r)s, %(d)s, child, kind FROM unnest(%(children)s::TEXT[], %(kinds)s::TEXT[]) "
+                        "AS x(child, kind) ON CONFLICT DO NOTHING) "
+                        "UPDATE repository_blobs SET referenced = TRUE WHERE repository_id = %(r)s "
+                        "AND digest = ANY(%(blobs)s::TEXT[]) AND NOT referenced",
+                        {"r": repository_id, "d": manifest.digest, "children": blobs + children,
+                         "kinds": ["blob"] * len(blobs) + ["manifest"] * len(children), "blobs": blobs})
+            if tag is not None:
+                self._set_tag(cur, repository_id, tag, manifest.digest, now)
+                cur.execute(CONFIRM_TAG, (repository, tag, now))
+            cur.execute("INSERT INTO cache_pulls (repository, digest, pulled_at) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (repository, digest) DO UPDATE SET "
+                        "pulled_at = GREATEST(cache_pulls.pulled_at, excluded.pulled_at)",
+                        (repository, manifest.digest, now))
+
+        with self._cache_tables():
+            self._write(body, gc=True)
+
+    def cached_tag(self, repository: str, tag: str) -> tuple[ManifestRecord, float | None] | None:
+        def body(cur):
+            cur.execute("SELECT m.digest, m.media_type, m.size, c.checked_at FROM repositories r "
+                        "JOIN tags t ON t.repository_id = r.id "
+                        "JOIN manifests m ON m.repository_id = r.id AND m.digest = t.digest "
+                        "LEFT JOIN cache_tags c ON c.repository = r.name AND c.tag = t.name "
+                        "WHERE r.name = %s AND t.name = %s", (repository, tag))
+            return cur.fetchone()
+        with self._cache_tables():
+            row = self._read(body)
+        return (ManifestRecord(*row[:3]), row[3]) if row else None
+
+    def confirm_cached_tag(self, repository: str, tag: str) -> None:
+        with self._cache_tables():
+            self._run(lambda cur: cur.execute(CONFIRM_TAG, (repository, tag, self._clock())), retry=True)
+
+    def record_pulls(self, pulls: Sequence[tuple[str, str, float]]) -> None:
+        latest: dict[tuple[str, str], float] = {}
+        for repository, digest, at in pulls:
+            latest[(repository, digest)] = max(at, latest.get((repository, digest), at))
+        if not latest:
+            return
+        keys = sorted(latest)  # one order for every writer: concurrent batches never deadlock
+
+        def body(cur):
+            cur.execute("INSERT INTO cache_pulls (repository, digest, pulled_at) "
+                        "SELECT * FROM unnest(%s::TEXT[], %s::TEXT[], %s::DOUBLE PRECISION[]) "
+                        "ON CONFLICT (repository, digest) DO UPDATE SET "
+                        "pulled_at = GREATEST(cache_pulls.pulled_at, excluded.pulled_at)",
+                        ([r for r, _ in keys], [d for _, d in keys], [latest[k] for k in keys]))
+        with self._cache_tables():
+            self._run(body, retry=True)
+
+    def cache_candidates(self, prefix: str, active_after: float, limit: int) -> list[tuple[str, str, float, int]]:
+        def body(cur):
+            cur.execute(CACHE_CANDIDATES, {"low": prefix, "high": prefix[:-1] + "0", "after": active_after,
+                                           "limit": limit})
+            candidates = []
+            for repository_id, name, digest, last in cur.fetchall():
+                cur.execute(MANIFEST_TOTAL_SIZE, {"digest": digest, "repository": repository_id})
+                candidates.append((name, digest, last, cur.fetchone()[0]))
+            return candidates
+        with self._cache_tables():
+            return self._read(body)
 
     # -- switches and events -------------------------------------------------------------------------------------
 
@@ -1002,6 +1189,19 @@ class PostgresMetadata(Metadata):
             return cur.fetchall()
         return [(row[0], NewEvent(row[1], row[2], json.loads(row[3])), row[4]) for row in self._read(body)]
 
+    def outbox(self) -> PostgresOutbox:
+        if getattr(self, "_schema_found", EVENTS_SCHEMA) < EVENTS_SCHEMA:
+            raise SchemaError(f"event delivery needs schema version {EVENTS_SCHEMA} (the database has "
+                              f"{self._schema_found}): run `dockyard migrate`")
+        return PostgresOutbox(self)
+
+    def tags_of(self, repository: str, digest: str) -> list[str]:
+        def body(cur):
+            cur.execute("SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                        "WHERE r.name = %s AND t.digest = %s ORDER BY t.name", (repository, digest))
+            return [r[0] for r in cur.fetchall()]
+        return self._read(body)
+
 
 def _key(name: str) -> int:
     """A name as the int4 second half of an advisory lock key."""
@@ -1018,6 +1218,12 @@ class PostgresLifecycle(Lifecycle):
     def __init__(self, cur, clock: Callable[[], float]):
         self.cur = cur
         self._clock = clock
+        self.removed = False  # whether a step took a manifest or a blob link away: every digest cache empties
+
+    def _removed(self) -> None:
+        if not self.removed:
+            self.removed = True
+            PostgresMetadata._notify(self.cur, EVERYTHING)
 
     def repositories(self) -> list[tuple[int, str]]:
         self.cur.execute("SELECT id, name FROM repositories ORDER BY name")
@@ -1027,6 +1233,7 @@ class PostgresLifecycle(Lifecycle):
         self.cur.execute(DEAD_MANIFESTS, {"repository": repository_id, "cutoff": cutoff})
         dead = [tuple(r) for r in self.cur.fetchall()]
         if dead:
+            self._removed()
             digests = [d for d, _ in dead]
             for table in ("manifests", "tags", "manifest_references"):
                 self.cur.execute(f"DELETE FROM {table} WHERE repository_id = %s AND digest = ANY(%s::TEXT[])",
@@ -1035,12 +1242,16 @@ class PostgresLifecycle(Lifecycle):
 
     def sweep_links(self, cutoff: float) -> int:
         self.cur.execute(STALE_LINKS, {"cutoff": cutoff})
-        return self.cur.rowcount
+        swept = self.cur.rowcount
+        if swept:
+            self._removed()
+        return swept
 
     def sweep_blobs(self, limit: int) -> list[BlobRecord]:
         self.cur.execute(GARBAGE_BLOBS, {"limit": limit})
         garbage = [BlobRecord(*row) for row in self.cur.fetchall()]
         if garbage:
+            self._removed()
             self.cur.execute("DELETE FROM blobs WHERE digest = ANY(%s::TEXT[])", ([b.digest for b in garbage],))
             self.cur.execute("INSERT INTO pending_deletes (key, created_at) SELECT k, %s FROM unnest(%s::TEXT[]) k "
                              "ON CONFLICT DO NOTHING", (self._clock(), [b.key for b in garbage]))
@@ -1058,6 +1269,40 @@ class PostgresLifecycle(Lifecycle):
 
     def delete_upload(self, session_id: str) -> None:
         self.cur.execute("DELETE FROM uploads WHERE id = %s", (session_id,))
+
+    def evict_manifest(self, repository: str, digest: str, active_after: float) -> list[str]:
+        cur = self.cur
+        # The repository's row lock: a manifest fetched into it meanwhile waits, then sees what went.
+        cur.execute("SELECT id FROM repositories WHERE name = %s FOR UPDATE", (repository,))
+        row = cur.fetchone()
+        if row is None:
+            return []
+        repository_id = row[0]
+        cur.execute(REPOSITORY_ACTIVE, {"name": repository, "id": repository_id, "after": active_after})
+        if cur.fetchone()[0]:
+            return []
+        cur.execute("SELECT 1 FROM manifests WHERE repository_id = %s AND digest = %s", (repository_id, digest))
+        if cur.fetchone() is None:
+            return []
+        cur.execute("SELECT x.child FROM manifest_references x WHERE x.repository_id = %(r)s AND x.digest = %(d)s "
+                    "AND x.kind = 'manifest' AND NOT EXISTS (SELECT 1 FROM manifest_references o WHERE "
+                    "o.repository_id = %(r)s AND o.child = x.child AND o.kind = 'manifest' AND o.digest != %(d)s)",
+                    {"r": repository_id, "d": digest})
+        doomed = [digest] + [r[0] for r in cur.fetchall()]
+        for table in ("manifests", "tags", "manifest_references"):
+            cur.execute(f"DELETE FROM {table} WHERE repository_id = %s AND digest = ANY(%s::TEXT[])",
+                        (repository_id, doomed))
+        cur.execute("DELETE FROM cache_pulls WHERE repository = %s AND digest != '' AND digest NOT IN "
+                    "(SELECT digest FROM manifests WHERE repository_id = %s)", (repository, repository_id))
+        cur.execute("DELETE FROM cache_tags WHERE repository = %s AND tag NOT IN "
+                    "(SELECT name FROM tags WHERE repository_id = %s)", (repository, repository_id))
+        cur.execute("UPDATE repository_blobs l SET referenced = TRUE WHERE l.repository_id = %s AND NOT l.referenced "
+                    "AND NOT EXISTS (SELECT 1 FROM manifest_references x WHERE x.repository_id = l.repository_id "
+                    "AND x.child = l.digest)", (repository_id,))
+        return doomed
+
+    def add_events(self, events: Sequence[NewEvent]) -> None:
+        add_events(self.cur, events, self._clock())
 
 
 _INSTANCES: "weakref.WeakSet[PostgresMetadata]" = weakref.WeakSet()

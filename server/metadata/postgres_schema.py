@@ -17,7 +17,8 @@ Rolling upgrades (several nodes on one database, upgraded one at a time)
   release keep serving after the first upgraded node (or an operator) ran `dockyard migrate`; older than `CURRENT`
   down to `MINIMUM`, because an upgraded node may start before anyone has migrated. A release may raise `MINIMUM` only
   to the previous release's `CURRENT`, so the previous schema version is always accepted; anything outside the window
-  stops start-up with a message that says what to run.
+  stops start-up with a message that says what to run. A release adds at most one migration: migrations written
+  between two releases are folded into one before the release, so "one step" is one release.
 - `dockyard migrate` applies the missing migrations in one transaction under an advisory lock (two nodes migrating
   at once take turns; the second finds nothing to do), and refuses a database newer than the code.
 """
@@ -160,7 +161,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TRIGGER manifests_removed AFTER DELETE ON manifests REFERENCING OLD TABLE AS changed
             FOR EACH STATEMENT EXECUTE FUNCTION dockyard_manifests_changed();
     """),
-    Migration(2, "0002_rate_buckets", r"""
+    # Release 2: the shared state of several nodes, the pull-through cache and event delivery, in one migration (a
+    # release adds at most one, so the one-step window below is one release). Only adds: the previous release
+    # reads none of it and never writes events. Until it has run, this release serves everything but cached
+    # repositories (503) and refuses to start with notification endpoints configured.
+    Migration(2, "0002_shared_state_cache_events", r"""
         -- The rate limiter's and the failed-login throttle's token buckets, shared by every node. UNLOGGED: no WAL
         -- for a write per request; after a crash of PostgreSQL the table is empty, which forgives a few requests.
         CREATE UNLOGGED TABLE rate_buckets (
@@ -168,6 +173,58 @@ MIGRATIONS: tuple[Migration, ...] = (
             tokens DOUBLE PRECISION NOT NULL,
             updated DOUBLE PRECISION NOT NULL,
             allowed BOOLEAN NOT NULL
+        );
+        -- The pull-through cache (see sqlite_schema's 0006).
+        CREATE TABLE cache_tags (
+            repository TEXT COLLATE "C" NOT NULL,
+            tag TEXT NOT NULL,
+            checked_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (repository, tag)
+        );
+        CREATE TABLE cache_pulls (
+            repository TEXT COLLATE "C" NOT NULL,
+            digest TEXT NOT NULL,
+            pulled_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (repository, digest)
+        );
+        -- Delivery of the outbox's events (the SQLite schema's 0007 describes the tables).
+        ALTER TABLE events ADD COLUMN seq BIGINT;
+        ALTER TABLE events ADD COLUMN uid TEXT;
+        CREATE UNIQUE INDEX events_uid ON events(uid);
+        CREATE TABLE event_streams (
+            repository TEXT PRIMARY KEY,
+            seq BIGINT NOT NULL
+        );
+        CREATE TABLE event_deliveries (
+            endpoint TEXT NOT NULL,
+            event BIGINT NOT NULL,
+            repository TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            parked_at DOUBLE PRECISION,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (event, endpoint)
+        );
+        CREATE INDEX event_deliveries_pending ON event_deliveries(endpoint, repository, seq) WHERE parked_at IS NULL;
+        CREATE INDEX event_deliveries_parked ON event_deliveries(endpoint, event) WHERE parked_at IS NOT NULL;
+        CREATE TABLE event_queues (
+            endpoint TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            pending BIGINT NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            due DOUBLE PRECISION NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (endpoint, repository)
+        );
+        CREATE INDEX event_queues_due ON event_queues(due) WHERE pending > 0;
+        CREATE TABLE event_endpoints (
+            name TEXT PRIMARY KEY,
+            last_success DOUBLE PRECISION,
+            last_failure DOUBLE PRECISION,
+            last_error TEXT,
+            delivered BIGINT NOT NULL DEFAULT 0
         );
     """),
 )

@@ -33,8 +33,10 @@ from ..model import (BlobRecord, ManifestRecord, NewEvent, NewManifest, StorageU
                      UploadSession, UploadState)
 from ..quotas import Quota
 from . import Lifecycle, Metadata, blob_in_use, too_many_sessions
-from .sqlite_queries import (DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE, ORPHAN_MANIFEST_CONTENT,
-                             REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS, TAG_PAGE)
+from .sqlite_queries import (CACHE_CANDIDATES, DEAD_MANIFESTS, GARBAGE_BLOBS, MANIFEST_TOTAL_SIZE,
+                             ORPHAN_MANIFEST_CONTENT, REPOSITORY_ACTIVE, REPOSITORY_PAGE, REPOSITORY_USAGE, STALE_LINKS,
+                             TAG_PAGE)
+from .sqlite_outbox import SqliteOutbox, add_events
 from .sqlite_schema import migrations
 
 log = logging.getLogger("dockyard")
@@ -198,10 +200,7 @@ class SqliteMetadata(Metadata):
 
     def _add_events(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> None:
         if events:
-            now = self._clock()
-            conn.executemany("INSERT INTO events (repository, action, payload, created_at) VALUES (?, ?, ?, ?)",
-                             [(e.repository, e.action, json.dumps(e.payload, separators=(",", ":")), now)
-                              for e in events])
+            add_events(conn, events, self._clock())
 
     # -- repositories and listings -------------------------------------------------------------------------------
 
@@ -599,6 +598,11 @@ class SqliteMetadata(Metadata):
                 return
             last = rows[-1][0]
 
+    def rekey_blob(self, digest: str, old_key: str, new_key: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("UPDATE blobs SET key = ? WHERE digest = ? AND key = ?",
+                                (new_key, digest, old_key)).rowcount > 0
+
     def forget_blob(self, digest: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM repository_blobs WHERE digest = ?", (digest,))
@@ -634,7 +638,11 @@ class SqliteMetadata(Metadata):
                     "not hold") for name, digest, child, kind in dangling])
 
     @contextmanager
-    def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
+    def lock(self, name: str, *, blocking: bool = True, transient: bool = False) -> Iterator[bool]:
+        if transient:
+            with self._transient_lock(name, blocking) as held:
+                yield held
+            return
         fd = os.open(f"{self.path}.{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:
@@ -648,6 +656,93 @@ class SqliteMetadata(Metadata):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    @contextmanager
+    def _transient_lock(self, name: str, blocking: bool) -> Iterator[bool]:
+        """A lock whose file is there only while someone holds or waits for it: the holder removes it before
+        unlocking, and whoever then gets the lock of a removed file tries again on the path's new one."""
+        path = f"{self.path}.{name}.lock"
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                yield False
+                return
+            try:
+                held = os.fstat(fd)
+                current = os.stat(path)
+                if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # a file its holder removed: it locks nobody out any more
+        try:
+            yield True
+        finally:
+            try:
+                os.unlink(path)
+            finally:
+                os.close(fd)
+
+    # -- pull-through cache --------------------------------------------------------------------------------------
+
+    def cache_manifest(self, repository: str, manifest: NewManifest, tag: str | None) -> None:
+        now = self._clock()
+        with self._write() as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            if not conn.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
+                                (repository_id, manifest.digest)).fetchone():
+                conn.execute("INSERT OR IGNORE INTO manifest_content (digest, data) VALUES (?, ?)",
+                             (manifest.digest, manifest.data))
+                conn.execute(
+                    "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+                    "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
+                     manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
+                conn.executemany(
+                    "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) "
+                    "VALUES (?, ?, ?, ?)", [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
+                    + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
+                conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
+                                 [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])
+            if tag is not None:
+                self._set_tag(conn, repository_id, tag, manifest.digest, now)
+                conn.execute("INSERT INTO cache_tags (repository, tag, checked_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT DO UPDATE SET checked_at = excluded.checked_at", (repository, tag, now))
+            conn.execute("INSERT INTO cache_pulls (repository, digest, pulled_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT DO UPDATE SET pulled_at = MAX(pulled_at, excluded.pulled_at)",
+                         (repository, manifest.digest, now))
+
+    def cached_tag(self, repository: str, tag: str) -> tuple[ManifestRecord, float | None] | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT m.digest, m.media_type, m.size, c.checked_at FROM repositories r "
+                "JOIN tags t ON t.repository_id = r.id "
+                "JOIN manifests m ON m.repository_id = r.id AND m.digest = t.digest "
+                "LEFT JOIN cache_tags c ON c.repository = r.name AND c.tag = t.name "
+                "WHERE r.name = ? AND t.name = ?", (repository, tag)).fetchone()
+        return (ManifestRecord(*row[:3]), row[3]) if row else None
+
+    def confirm_cached_tag(self, repository: str, tag: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO cache_tags (repository, tag, checked_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT DO UPDATE SET checked_at = excluded.checked_at", (repository, tag, self._clock()))
+
+    def record_pulls(self, pulls: Sequence[tuple[str, str, float]]) -> None:
+        if pulls:
+            with self._write() as conn:
+                conn.executemany("INSERT INTO cache_pulls (repository, digest, pulled_at) VALUES (?, ?, ?) "
+                                 "ON CONFLICT DO UPDATE SET pulled_at = MAX(pulled_at, excluded.pulled_at)", pulls)
+
+    def cache_candidates(self, prefix: str, active_after: float, limit: int) -> list[tuple[str, str, float, int]]:
+        with self._read() as conn:
+            rows = conn.execute(CACHE_CANDIDATES, {"low": prefix, "high": prefix[:-1] + "0", "after": active_after,
+                                                   "limit": limit}).fetchall()
+            return [(name, digest, last, conn.execute(MANIFEST_TOTAL_SIZE, {"digest": digest,
+                                                                            "repository": repository_id}).fetchone()[0])
+                    for repository_id, name, digest, last in rows]
 
     # -- switches and events -------------------------------------------------------------------------------------
 
@@ -674,6 +769,15 @@ class SqliteMetadata(Metadata):
             rows = conn.execute("SELECT id, repository, action, payload, created_at FROM events WHERE id > ? "
                                 "ORDER BY id LIMIT ?", (after, limit)).fetchall()
         return [(row[0], NewEvent(row[1], row[2], json.loads(row[3])), row[4]) for row in rows]
+
+    def outbox(self) -> SqliteOutbox:
+        return SqliteOutbox(self)
+
+    def tags_of(self, repository: str, digest: str) -> list[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "WHERE r.name = ? AND t.digest = ? ORDER BY t.name", (repository, digest))]
 
 
 SESSION_COLUMNS = "u.id, r.name, u.length, u.state, u.created_at, u.updated_at, u.monolithic"
@@ -728,3 +832,35 @@ class SqliteLifecycle(Lifecycle):
 
     def delete_upload(self, session_id: str) -> None:
         self.conn.execute("DELETE FROM uploads WHERE id = ?", (session_id,))
+
+    def evict_manifest(self, repository: str, digest: str, active_after: float) -> list[str]:
+        row = self.conn.execute("SELECT id FROM repositories WHERE name = ?", (repository,)).fetchone()
+        if row is None:
+            return []
+        repository_id = row[0]
+        if self.conn.execute(REPOSITORY_ACTIVE, {"name": repository, "id": repository_id,
+                                                 "after": active_after}).fetchone()[0]:
+            return []
+        if not self.conn.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
+                                 (repository_id, digest)).fetchone():
+            return []
+        doomed = [digest] + [child for (child,) in self.conn.execute(
+            "SELECT x.child FROM manifest_references x WHERE x.repository_id = :r AND x.digest = :d "
+            "AND x.kind = 'manifest' AND NOT EXISTS (SELECT 1 FROM manifest_references o WHERE "
+            "o.repository_id = :r AND o.child = x.child AND o.kind = 'manifest' AND o.digest != :d)",
+            {"r": repository_id, "d": digest}).fetchall()]
+        for gone in doomed:
+            for table in ("manifests", "tags", "manifest_references"):
+                self.conn.execute(f"DELETE FROM {table} WHERE repository_id = ? AND digest = ?", (repository_id, gone))
+        self.conn.execute("DELETE FROM cache_pulls WHERE repository = ? AND digest != '' AND digest NOT IN "
+                          "(SELECT digest FROM manifests WHERE repository_id = ?)", (repository, repository_id))
+        self.conn.execute("DELETE FROM cache_tags WHERE repository = ? AND tag NOT IN "
+                          "(SELECT name FROM tags WHERE repository_id = ?)", (repository, repository_id))
+        # Links of blobs fetched for what went: collectable at once, not after the grace period of fresh uploads.
+        self.conn.execute("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND NOT EXISTS "
+                          "(SELECT 1 FROM manifest_references x WHERE x.repository_id = repository_blobs.repository_id "
+                          "AND x.child = repository_blobs.digest)", (repository_id,))
+        return doomed
+
+    def add_events(self, events: Sequence[NewEvent]) -> None:
+        add_events(self.conn, events, self._clock())

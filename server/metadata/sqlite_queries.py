@@ -88,3 +88,29 @@ SELECT t.name, t.digest, m.media_type, t.updated_at FROM tags t
   JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
  WHERE t.repository_id = ? AND t.name > ? ORDER BY t.name LIMIT ?
 """
+
+
+# -- the pull-through cache --------------------------------------------------------------------------------------
+
+# What eviction may take under a name range: manifests no other manifest of their repository names, least recently
+# pulled first (a manifest's last pull is its recorded one, else when it was cached), in repositories nobody pulled
+# from, or fetched into, after :after.
+CACHE_CANDIDATES = """
+WITH scope AS (SELECT id, name FROM repositories WHERE name >= :low AND name < :high),
+idle AS (
+    SELECT s.id, s.name FROM scope s
+     WHERE NOT EXISTS (SELECT 1 FROM cache_pulls p WHERE p.repository = s.name AND p.pulled_at > :after)
+       AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = s.id AND m.created_at > :after)
+)
+SELECT i.id, i.name, m.digest, MAX(m.created_at, COALESCE(p.pulled_at, 0)) AS last
+  FROM idle i JOIN manifests m ON m.repository_id = i.id
+  LEFT JOIN cache_pulls p ON p.repository = i.name AND p.digest = m.digest
+ WHERE NOT EXISTS (SELECT 1 FROM manifest_references x WHERE x.repository_id = i.id AND x.child = m.digest
+                    AND x.kind = 'manifest')
+ ORDER BY last, i.name, m.digest LIMIT :limit
+"""
+
+REPOSITORY_ACTIVE = """
+SELECT EXISTS (SELECT 1 FROM cache_pulls WHERE repository = :name AND pulled_at > :after)
+    OR EXISTS (SELECT 1 FROM manifests WHERE repository_id = :id AND created_at > :after)
+"""

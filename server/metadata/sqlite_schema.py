@@ -15,6 +15,12 @@ Never edit an applied migration: add the next number. Tables:
 - pending_deletes     storage keys of forgotten blobs whose bytes are still to be deleted (0004)
 - events              the outbox: events written in the transaction of the change they describe (0004)
 - uploads.owner       who opened a session, for the limit of open sessions per user (0005)
+- cache_tags          pull-through cache: when each tag of a cached repository was last confirmed upstream (0006)
+- cache_pulls         pull-through cache: the latest pull of each cached manifest, and of each repository (0006)
+- events.uid          the stable id of an event, as receivers see it (0007; events.seq stays NULL in SQLite)
+- event_deliveries    an event still to deliver to an endpoint, or parked for it (0007)
+- event_queues        per endpoint and repository: events waiting, next try, attempts, the sender's lease (0007)
+- event_endpoints     per endpoint: last success and failure, events delivered (0007)
 """
 
 from __future__ import annotations
@@ -196,4 +202,82 @@ def _upload_owners(db: Database) -> None:
         ALTER TABLE uploads ADD COLUMN owner TEXT;
         CREATE INDEX uploads_repository ON uploads(repository_id);
         CREATE INDEX uploads_owner ON uploads(owner) WHERE owner IS NOT NULL;
+    """)
+
+
+@migrations(name="0006_pull_through_cache")
+def _pull_through_cache(db: Database) -> None:
+    """The pull-through cache (`dockyard.server.mirror`). Keyed by repository name, not id: rows of a repository
+    deleted and cached again meanwhile are harmless (a tag is trusted only while it exists; pull times only order
+    eviction), and eviction removes those of what it deletes.
+
+    - cache_tags: when the upstream last confirmed the manifest a cached tag names (fetched or revalidated).
+    - cache_pulls: the latest pull of a cached manifest (digest), or of anything in the repository (digest ''),
+      written in batches; eviction takes the least recently pulled first and never a repository pulled from
+      recently.
+    """
+    _run(db, """
+        CREATE TABLE cache_tags (
+            repository TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (repository, tag)
+        ) WITHOUT ROWID;
+        CREATE TABLE cache_pulls (
+            repository TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            pulled_at REAL NOT NULL,
+            PRIMARY KEY (repository, digest)
+        ) WITHOUT ROWID;
+    """)
+
+
+@migrations(name="0007_event_delivery")
+def _event_delivery(db: Database) -> None:
+    """Delivery of the outbox's events to the notification endpoints (`dockyard.server.metadata.Outbox`).
+
+    - events.uid: the stable id receivers see (also in the payload). events.seq is PostgreSQL's per-repository
+      sequence; SQLite commits one writer at a time, in id order, so the id is the sequence and seq stays NULL
+      (a copy into PostgreSQL, `migrate-metadata`, starts each repository's sequence after its highest id).
+    - event_deliveries: one row per event and endpoint until the endpoint has it; parked_at set once the endpoint's
+      attempts ran out (kept until replayed).
+    - event_queues: per endpoint and repository, the events pending (a count), when the next try is due, failed
+      attempts in a row, the lease of the sender working on it.
+    - event_endpoints: per endpoint, the last success and failure and the count delivered.
+    """
+    _run(db, """
+        ALTER TABLE events ADD COLUMN seq INTEGER;
+        ALTER TABLE events ADD COLUMN uid TEXT;
+        CREATE UNIQUE INDEX events_uid ON events(uid);
+        CREATE TABLE event_deliveries (
+            endpoint TEXT NOT NULL,
+            event INTEGER NOT NULL,
+            repository TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            parked_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (event, endpoint)
+        ) WITHOUT ROWID;
+        CREATE INDEX event_deliveries_pending ON event_deliveries(endpoint, repository, seq) WHERE parked_at IS NULL;
+        CREATE INDEX event_deliveries_parked ON event_deliveries(endpoint, event) WHERE parked_at IS NOT NULL;
+        CREATE TABLE event_queues (
+            endpoint TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            pending INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            due REAL NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (endpoint, repository)
+        ) WITHOUT ROWID;
+        CREATE INDEX event_queues_due ON event_queues(due) WHERE pending > 0;
+        CREATE TABLE event_endpoints (
+            name TEXT PRIMARY KEY,
+            last_success REAL,
+            last_failure REAL,
+            last_error TEXT,
+            delivered INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
     """)

@@ -36,7 +36,13 @@ TABLES: tuple[tuple[str, tuple[str, ...], dict[str, Callable]], ...] = (
      {"monolithic": bool}),
     ("state", ("key", "value"), {}),
     ("pending_deletes", ("key", "created_at"), {}),
-    ("events", ("id", "repository", "action", "payload", "created_at"), {}),
+    ("events", ("id", "repository", "action", "payload", "created_at", "seq", "uid"), {}),
+    ("event_deliveries", ("endpoint", "event", "repository", "seq", "parked_at", "attempts", "last_error"), {}),
+    ("event_queues", ("endpoint", "repository", "pending", "attempts", "due", "lease_owner", "lease_until",
+                      "last_error"), {}),
+    ("event_endpoints", ("name", "last_success", "last_failure", "last_error", "delivered"), {}),
+    ("cache_tags", ("repository", "tag", "checked_at"), {}),
+    ("cache_pulls", ("repository", "digest", "pulled_at"), {}),
 )
 IDENTITIES = (("repositories", "id"), ("events", "id"))
 
@@ -92,6 +98,10 @@ def copy_sqlite_to_postgres(source: str, target: str, *, replace: bool = False, 
                 cur.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY")
             for table, columns, convert in TABLES:
                 report.rows[table] = _copy_table(src, cur, table, columns, convert, batch, progress)
+            # SQLite numbers a repository's events by their ids: PostgreSQL's sequences go on after the highest.
+            cur.execute("INSERT INTO event_streams AS s (repository, seq) SELECT repository, MAX(COALESCE(seq, id)) "
+                        "FROM events GROUP BY repository "
+                        "ON CONFLICT (repository) DO UPDATE SET seq = GREATEST(s.seq, excluded.seq)")
             for table, column in IDENTITIES:
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
                             f"COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)")

@@ -1,5 +1,6 @@
 """Dockyard's admin API under `routes.ADMIN_PREFIX`: repositories with their storage use, tag details, repository
-delete, garbage collection, storage totals and read-only mode. JSON like the rest of the API; errors in the spec's
+delete, garbage collection, storage totals, read-only mode, and the state of event delivery (per endpoint; parked
+events listed and replayed). JSON like the rest of the API; errors in the spec's
 shape. Repository names can never start with `_`, so the prefix cannot collide with a repository. Like every
 resource, these only parse, call the `Registry`, and shape the answer.
 """
@@ -12,8 +13,8 @@ import falcon
 
 from ..bodies import read_small
 from ..errors import BadRequest, TooLarge
-from ..parsing import boolean, count, json_document
-from ..routes import ADMIN_REPOSITORIES
+from ..parsing import boolean, count, json_document, page_size
+from ..routes import ADMIN_EVENTS, ADMIN_REPOSITORIES
 from .base import Resource, pagination, set_next_link
 
 
@@ -50,6 +51,7 @@ class RepositoriesResource(Resource):
         page, more = self.registry.repository_page(n, last)
         for repository in page:
             repository["last_push"] = _rfc3339(repository["last_push"])
+            repository["upstream"] = self.registry.upstream_of(repository["name"])  # a pull-through cache's
         if more and page:
             set_next_link(resp, ADMIN_REPOSITORIES, n, page[-1]["name"])
         resp.media = {"repositories": page}
@@ -60,7 +62,7 @@ class RepositoryResource(Resource):
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         resp.status = falcon.HTTP_202
-        resp.media = self.registry.delete_repository(name)
+        resp.media = self.registry.delete_repository(name, self.caller(req))
 
 
 class RepositoryTagsResource(Resource):
@@ -104,3 +106,47 @@ class ReadOnlyResource(Resource):
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.registry.set_read_only(_option(_json_body(req), req, "read_only", boolean, True))
         resp.media = {"read_only": self.registry.read_only()}
+
+
+def _time(timestamp: float | None) -> str | None:
+    return None if timestamp is None else _rfc3339(timestamp)
+
+
+class EventsResource(Resource):
+    """GET: per notification endpoint, the events waiting (`backlog`), `parked`, queues being retried, the oldest
+    waiting event, the last success and failure (with its error), and how many were delivered."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        endpoints = self.registry.event_status()
+        for endpoint in endpoints:
+            for key in ("oldest_pending", "last_success", "last_failure"):
+                endpoint[key] = _time(endpoint[key])
+        resp.media = {"endpoints": endpoints}
+
+
+class ParkedEventsResource(Resource):
+    """GET: an endpoint's parked events, oldest first, paginated with `n` and `last` (an event number)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, endpoint: str) -> None:
+        n = page_size(req.get_param("n"), default=100, maximum=1000)
+        last = _option({}, req, "last", count, 0)
+        rows, more = self.registry.parked_events(endpoint, n, last)
+        events = [{"id": row["uid"], "number": row["number"], "repository": row["repository"],
+                   "action": row["action"], "timestamp": row["payload"].get("timestamp"),
+                   "target": row["payload"].get("target"), "attempts": row["attempts"],
+                   "parked_at": _time(row["parked_at"]), "last_error": row["last_error"]} for row in rows]
+        if more and events:
+            set_next_link(resp, f"{ADMIN_EVENTS}/{endpoint}/parked", n, str(events[-1]["number"]))
+        resp.media = {"endpoint": endpoint, "events": events}
+
+
+class ReplayEventsResource(Resource):
+    """POST `{"ids": [...]}` (optional): queue the endpoint's parked events again, or the events named (parked,
+    or delivered and still retained); answers how many were queued."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint: str) -> None:
+        ids = _json_body(req).get("ids")
+        if ids is not None and (not isinstance(ids, list) or not 1 <= len(ids) <= 1000
+                                or not all(isinstance(i, str) and 0 < len(i) <= 100 for i in ids)):
+            raise BadRequest({"ids": "expected a list of 1 to 1000 event ids"}, message="invalid ids")
+        resp.media = {"endpoint": endpoint, "replayed": self.registry.replay_events(endpoint, ids)}

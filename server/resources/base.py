@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import urlencode
 
 import falcon
 
 from ..bodies import body_source
 from ..errors import TagInvalid
+from ..model import Caller
 from ..names import TAG_RE
 from ..observability import counted
 from ..parsing import page_size
@@ -50,6 +52,21 @@ class Resource:
 
     def __init__(self, registry: Registry):
         self.registry = registry
+        self._proxies = registry.config.proxies
+
+    def caller(self, req: falcon.Request) -> Caller:
+        """Who is asking, through which request: handed to the domain for the events a change writes."""
+        peer = req.remote_addr or ""
+        addr = req.context.get("client_address") or self._proxies.client_address(peer,
+                                                                                 req.get_header("X-Forwarded-For"))
+        port = req.env.get("REMOTE_PORT")
+        if addr == peer and port:
+            addr = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        # The access log's request id when the `logging` middleware runs, so an event and its log line match.
+        return Caller(user=req.context.get("user"), addr=addr, host=req.get_header("Host") or "",
+                      method=req.method, user_agent=req.user_agent or "",
+                      request_id=req.context.get("request_id") or str(uuid.uuid4()),
+                      base_url=req.context.get("external_base") or "")
 
 
 def validate_last_tag(last: str | None) -> None:

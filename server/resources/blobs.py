@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import falcon
 
+from ..mirror import CACHE_HEADER
 from ..model import BlobRecord
 from ..parsing import byte_range
 from .base import Resource
@@ -18,6 +19,8 @@ def blob_headers(resp: falcon.Response, blob: BlobRecord) -> None:
     resp.content_type = "application/octet-stream"
     resp.set_header("Docker-Content-Digest", blob.digest)
     resp.etag = f'"{blob.digest}"'
+    if getattr(blob, "cache", None):  # a pull-through cached repository: hit, miss
+        resp.set_header(CACHE_HEADER, blob.cache)
 
 
 
@@ -29,9 +32,11 @@ class BlobResource(Resource):
         resp.set_header("Accept-Ranges", "bytes")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        blob = self.registry.blob(name, digest)
+        blob = self.registry.blob(name, digest, pull=True)
         blob_headers(resp, blob)
         resp.cache_control = ["max-age=31536000"]
+        if self.registry.pulls_wanted:
+            self.registry.note_pull(name, blob, None, self.caller(req))
         redirect = self.registry.blob_redirect(blob)
         if redirect is not None and redirect.kind == "accel":
             # nginx keeps only some upstream headers on an internal redirect; its location re-adds these from
@@ -56,6 +61,6 @@ class BlobResource(Resource):
         resp.set_stream(self.registry.read_blob(blob, start, end - start + 1), end - start + 1)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, digest: str) -> None:
-        self.registry.delete_blob(name, digest)
+        self.registry.delete_blob(name, digest, self.caller(req))
         resp.status = falcon.HTTP_202
         resp.content_length = 0

@@ -6,6 +6,7 @@ import falcon
 
 from ..bodies import read_small
 from ..errors import ManifestUnknown, SizeInvalid, TooLarge
+from ..mirror import CACHE_HEADER
 from ..model import ManifestRecord
 from .base import Resource, set_location
 
@@ -34,6 +35,8 @@ def manifest_headers(resp: falcon.Response, record: ManifestRecord) -> None:
     resp.content_length = record.size
     resp.set_header("Docker-Content-Digest", record.digest)
     resp.etag = f'"{record.digest}"'
+    if getattr(record, "cache", None):  # a pull-through cached repository: hit, miss, revalidated, stale
+        resp.set_header(CACHE_HEADER, record.cache)
 
 
 class ManifestResource(Resource):
@@ -47,6 +50,8 @@ class ManifestResource(Resource):
         negotiate(req, record)
         manifest_headers(resp, record)
         resp.data = record.data
+        if self.registry.pulls_wanted:
+            self.registry.note_pull(name, record, reference, self.caller(req))
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
         limit = self.registry.config.max_manifest_size
@@ -57,7 +62,7 @@ class ManifestResource(Resource):
             raise TooLarge({"limit": limit}, message=f"manifest larger than {limit} bytes")
         if req.content_length is not None and len(data) != req.content_length:
             raise SizeInvalid({"expected": req.content_length, "received": len(data)})
-        stored = self.registry.put_manifest(name, reference, data, req.content_type)
+        stored = self.registry.put_manifest(name, reference, data, req.content_type, self.caller(req))
         resp.status = falcon.HTTP_201
         set_location(resp, f"/v2/{name}/manifests/{stored.digest}")
         resp.set_header("Docker-Content-Digest", stored.digest)
@@ -66,6 +71,6 @@ class ManifestResource(Resource):
         resp.content_length = 0
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, reference: str) -> None:
-        self.registry.delete_manifest(name, reference)
+        self.registry.delete_manifest(name, reference, self.caller(req))
         resp.status = falcon.HTTP_202
         resp.content_length = 0

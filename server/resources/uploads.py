@@ -39,14 +39,14 @@ class UploadsResource(SessionResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         mount, source = req.get_param("mount"), req.get_param("from")
         if mount and source:
-            mounted = self.registry.mount(name, source, mount)
+            mounted = self.registry.mount(name, source, mount, self.caller(req))
             if mounted is not None:
                 created_headers(resp, name, mounted.digest)
                 return
         digest = req.get_param("digest")
         if digest is not None:
             blob: StoredBlob = self.registry.monolithic_upload(name, digest, request_body(req),
-                                                               req.context.get("user"))
+                                                               req.context.get("user"), self.caller(req))
             note_blob_upload(req, blob.size)
             created_headers(resp, name, blob.digest)
             return
@@ -67,7 +67,8 @@ class UploadResource(SessionResource):
         session_headers(resp, name, session, self.node)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, upload_id: str) -> None:
-        blob = self.registry.finish_upload(name, upload_id, req.get_param("digest"), request_body(req))
+        blob = self.registry.finish_upload(name, upload_id, req.get_param("digest"), request_body(req),
+                                           self.caller(req))
         note_blob_upload(req, blob.size)
         created_headers(resp, name, blob.digest)
 

@@ -373,5 +373,127 @@ def test_shared_token_buckets(metadata):
     assert metadata.peek_tokens("other", 1.0, 5.0, 1000.0) == 5.0  # an unknown key is a full bucket
 
 
+def test_a_blob_row_moves_to_a_new_key_only_from_the_key_it_names(metadata):
+    metadata.record_blob("team/app", blob("moved", key="old-key"))
+    assert not metadata.rekey_blob(digest("moved"), "some-other-key", "new-key")
+    assert metadata.blob("team/app", digest("moved")).key == "old-key"
+    assert metadata.rekey_blob(digest("moved"), "old-key", "new-key")
+    assert metadata.blob("team/app", digest("moved")).key == "new-key"
+    assert [b.key for b in metadata.blobs()] == ["new-key"]
+    assert not metadata.rekey_blob(digest("unknown"), "old-key", "new-key")
+
+
 def test_ping(metadata):
     metadata.ping()
+
+
+# -- the pull-through cache (issue 16) -----------------------------------------------------------------------------
+
+def index(*children: NewManifest, nonce="") -> NewManifest:
+    data = json.dumps({"schemaVersion": 2, "manifests": [c.digest for c in children], "n": nonce}).encode()
+    return NewManifest(digest(data), "application/vnd.oci.image.index.v1+json", data, [], [c.digest for c in children])
+
+
+def test_a_cached_manifest_is_stored_before_its_blobs_and_keeps_them_once_fetched(metadata, clock):
+    """A cache stores a manifest as it passes through and fetches what it names when a client asks for it: the
+    manifest is there at once, and the blobs recorded later are held by its references (no grace period)."""
+    image = manifest("layer", nonce="cached")
+    metadata.cache_manifest("hub/app", image, "1")
+    assert metadata.manifest("hub/app", tag="1").digest == image.digest
+    assert metadata.manifest_data(image.digest) == image.data
+    record, checked = metadata.cached_tag("hub/app", "1")
+    assert record.digest == image.digest and record.size == len(image.data) and checked == clock.now
+    metadata.cache_manifest("hub/app", image, "1")  # again (another worker fetched it too): nothing changes
+    metadata.record_blob("hub/app", blob("layer"))
+    clock.advance(10_000)
+    with metadata.lifecycle() as step:
+        assert step.sweep_links(cutoff=clock.now) == 0 and step.sweep_blobs(10) == []
+    assert metadata.blob("hub/app", digest("layer")) is not None
+    assert metadata.cached_tag("hub/app", "2") is None and metadata.cached_tag("elsewhere", "1") is None
+
+
+def test_a_cached_tag_is_confirmed_and_moved(metadata, clock):
+    first, second = manifest("a", nonce="first"), manifest("b", nonce="second")
+    metadata.cache_manifest("hub/app", first, "latest")
+    clock.advance(100)
+    metadata.confirm_cached_tag("hub/app", "latest")
+    assert metadata.cached_tag("hub/app", "latest")[1] == clock.now
+    clock.advance(100)
+    metadata.cache_manifest("hub/app", second, "latest")  # the upstream moved the tag
+    record, checked = metadata.cached_tag("hub/app", "latest")
+    assert record.digest == second.digest and checked == clock.now
+    assert metadata.manifest("hub/app", digest=first.digest) is not None  # the old one stays until evicted
+    pushed(metadata, "local/app", "c")  # a tag no upstream ever confirmed
+    assert metadata.cached_tag("local/app", "v1")[1] is None
+
+
+def test_eviction_takes_the_least_recently_pulled_and_never_a_repository_in_use(metadata, clock):
+    old, recent = manifest("old-layer", nonce="old"), manifest("recent-layer", nonce="recent")
+    child = manifest("child-layer", nonce="child")
+    multi = index(child, nonce="index")
+    metadata.cache_manifest("hub/old", old, "1")
+    metadata.cache_manifest("hub/multi", multi, "1")
+    metadata.cache_manifest("hub/multi", child, None)
+    metadata.cache_manifest("hub/recent", recent, "1")
+    metadata.cache_manifest("other/x", manifest("x", nonce="x"), "1")
+    for name, layer in (("hub/old", "old-layer"), ("hub/recent", "recent-layer"), ("hub/multi", "child-layer")):
+        metadata.record_blob(name, blob(layer, size=100))
+    clock.advance(100)
+    metadata.record_pulls([("hub/multi", multi.digest, clock.now - 50), ("hub/recent", recent.digest, clock.now - 10),
+                           ("hub/recent", recent.digest, clock.now - 90)])  # a pull time only moves forward
+    candidates = metadata.cache_candidates("hub/", clock.now - 5, 10)
+    # The index stands for its children; other/ is another scope; sizes count what each references.
+    assert [(r, d) for r, d, _, _ in candidates] == [("hub/old", old.digest), ("hub/multi", multi.digest),
+                                                     ("hub/recent", recent.digest)]
+    assert [size for *_, size in candidates] == [len(old.data) + 100, len(multi.data) + len(child.data) + 100,
+                                                 len(recent.data) + 100]
+    assert candidates[1][2] == clock.now - 50
+    metadata.record_pulls([("hub/old", "", clock.now)])  # a blob of hub/old is being pulled right now
+    assert [r for r, *_ in metadata.cache_candidates("hub/", clock.now - 5, 10)] == ["hub/multi", "hub/recent"]
+    with metadata.lifecycle() as step:
+        assert step.evict_manifest("hub/old", old.digest, clock.now - 5) == []  # in use: refused
+        assert step.evict_manifest("hub/multi", multi.digest, clock.now - 5) == [multi.digest, child.digest]
+        assert step.evict_manifest("hub/multi", multi.digest, clock.now - 5) == []
+    assert metadata.manifest("hub/multi", digest=child.digest) is None and metadata.tags("hub/multi", None, None) == (
+        [], False)
+    assert metadata.manifest("hub/old", digest=old.digest) is not None
+    with metadata.lifecycle() as step:  # what the eviction let go is collected at once, without the grace period
+        assert step.sweep_links(cutoff=0) == 1
+        assert [b.digest for b in step.sweep_blobs(10)] == [digest("child-layer")]
+
+
+def test_eviction_keeps_a_child_another_index_uses(metadata, clock):
+    shared = manifest("shared-layer", nonce="shared")
+    first, second = index(shared, nonce="first"), index(shared, nonce="second")
+    for tag, m in (("a", first), ("b", second)):
+        metadata.cache_manifest("hub/multi", m, tag)
+    metadata.cache_manifest("hub/multi", shared, None)
+    clock.advance(100)
+    with metadata.lifecycle() as step:
+        assert step.evict_manifest("hub/multi", first.digest, clock.now - 5) == [first.digest]
+    assert metadata.manifest("hub/multi", digest=shared.digest) is not None
+
+
+def test_locks_leave_no_files_behind_and_exclude_across_handles(metadata, tmp_path):
+    """The cache takes a lock per digest: nothing may pile up per name, and exclusion must survive the removal."""
+    name = "cache-blob-" + "ab" * 32
+    order = []
+
+    def second_holder():
+        with metadata.lock(name, transient=True) as held:
+            order.append(("second", held))
+
+    with metadata.lock(name, transient=True) as held:
+        assert held
+        waiter = threading.Thread(target=second_holder)
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # waiting for the first holder
+        order.append(("first", True))
+    waiter.join(10)
+    assert order == [("first", True), ("second", True)]
+    with metadata.lock(name, blocking=False, transient=True) as held:
+        assert held
+        with metadata.lock(name, blocking=False, transient=True) as again:
+            assert not again
+    assert not [p for p in tmp_path.rglob("*.lock") if name in p.name]

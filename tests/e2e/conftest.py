@@ -614,12 +614,12 @@ def clients_for(session_dir):
 class Docker:
     """A real dockerd of this session's own (data root, exec root, socket, client config in a temp dir)."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, daemon_config: dict | None = None):
         self.client = need("docker")
         daemon = need("dockerd")
         self.home = home
         (home / "cfg").mkdir(parents=True)
-        (home / "daemon.json").write_text("{}")
+        (home / "daemon.json").write_text(json.dumps(daemon_config or {}))
         self.socket = home / "docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_CONFIG": str(home / "cfg"),
                     "DOCKER_BUILDKIT": "0"}
@@ -699,7 +699,8 @@ def e2e():
     from types import SimpleNamespace
 
     return SimpleNamespace(need=need, missing=missing, run=run, free_port=free_port, OCILayout=OCILayout,
-                           Skopeo=Skopeo, sha256_digest=sha256_digest, dumps=dumps, IN_CI=IN_CI)
+                           Skopeo=Skopeo, sha256_digest=sha256_digest, dumps=dumps, IN_CI=IN_CI,
+                           Podman=Podman, Docker=Docker, Registry=Registry, stop_process=stop_process)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 import requests
 
+import e2e_tls
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,22 +114,7 @@ def main_config(prefix: Path, site: Path) -> str:
 
 
 def make_certificates(directory: Path) -> Path:
-    """A CA and a server certificate for IP 127.0.0.1 (subjectAltName), as fullchain.pem/privkey.pem + ca.crt."""
-    openssl = tool("openssl", "openssl")
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    sh(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca_crt, "-days", "2",
-       "-subj", "/CN=Dockyard e2e CA", "-addext", "basicConstraints=critical,CA:TRUE",
-       "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    sh(openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", directory / "privkey.pem",
-       "-out", directory / "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                                          "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                                          "extendedKeyUsage=serverAuth\n")
-    sh(openssl, "x509", "-req", "-in", directory / "server.csr", "-CA", ca_crt, "-CAkey", ca_key,
-       "-CAcreateserial", "-out", directory / "server.crt", "-days", "2", "-extfile", directory / "server.ext")
-    (directory / "fullchain.pem").write_bytes((directory / "server.crt").read_bytes() + ca_crt.read_bytes())
-    return ca_crt
+    return e2e_tls.make_certificates(directory, tool("openssl", "openssl"), "Dockyard e2e CA")
 
 
 # -- the deployment under test -----------------------------------------------------------------------------------

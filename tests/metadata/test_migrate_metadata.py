@@ -158,3 +158,32 @@ def test_a_failed_copy_leaves_the_target_as_it_was(postgresql, tmp_path, capsys)
     with psycopg.connect(split_url(url)[0]) as conn:
         assert conn.execute("SELECT (SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM blobs)").fetchone() == (
             0, 0)
+
+
+def test_events_waiting_for_delivery_move_with_their_order(postgresql, tmp_path):
+    """Issue 17: the outbox moves too. Events still waiting for an endpoint are waiting on PostgreSQL, in the same
+    order, and a repository's new events come after them (its sequence goes on after the highest SQLite id)."""
+    from dockyard.server.model import NewEvent
+
+    def event(uid: str) -> NewEvent:
+        return NewEvent("team/app", "push", {"id": uid}, ("hook",))
+
+    path = tmp_path / "registry.db"
+    source = SqliteMetadata(path)
+    for uid in ("delivered", "first", "second"):
+        with source.lifecycle() as step:
+            step.add_events([event(uid)])
+    outbox = source.outbox()
+    [claim] = outbox.claim(["hook"], "me", time.time(), time.time() + 60, 5)
+    outbox.delivered(claim, [outbox.pending("hook", "team/app", 1)[0].number], "me", time.time(), 0)
+    source.set_state("read_only", "1")
+    source.close()
+    url = postgresql.url(postgresql.new_database(template=None))
+    assert cli.main(["migrate-metadata", "--from", f"sqlite:///{path}", "--to", url]) == 0
+    target = PostgresMetadata(url)
+    with target.lifecycle() as step:
+        step.add_events([event("third")])
+    waiting = target.outbox().pending("hook", "team/app", 10)
+    assert [e.uid for e in waiting] == ["first", "second", "third"] and waiting[1].seq < waiting[2].seq
+    assert target.outbox().endpoint_states()["hook"]["backlog"] == 3
+    target.close()

@@ -49,7 +49,8 @@ def test_dockyard_migrate_creates_the_schema_once_and_start_up_checks_it(empty_u
         open_metadata(config, clock=time.time)
     capsys.readouterr()
     assert cli.main(["migrate", "--database", empty_url]) == 0
-    assert capsys.readouterr().out.strip() == f"dockyard migrate: postgresql: applied {MIGRATIONS[-1].name}"
+    applied = ", ".join(m.name for m in MIGRATIONS)
+    assert capsys.readouterr().out.strip() == f"dockyard migrate: postgresql: applied {applied}"
     assert cli.main(["migrate", "--database", empty_url]) == 0
     assert "the schema is up to date" in capsys.readouterr().out
     assert versions(empty_url) == [m.version for m in MIGRATIONS]
@@ -73,6 +74,31 @@ def test_the_schema_window_for_rolling_upgrades():
     check_version(1, current=2, minimum=1)  # a new release starting before anyone migrated
     with pytest.raises(SchemaError, match="run `dockyard migrate`"):
         check_version(1, current=3, minimum=2)
+
+
+def test_event_delivery_arrives_by_migration_without_stopping_the_previous_release(empty_url, tmp_path):
+    """Issue 17: 0002 adds the outbox's delivery tables. The release before it (schema 1) keeps serving on the
+    migrated database; this release starts on schema 1 too, but its outbox asks for `dockyard migrate` first
+    (`serve` with notification endpoints configured refuses to start until then)."""
+    previous = PostgresMetadata(empty_url, check_schema=False, migrations=MIGRATIONS[:1])
+    assert previous.migrate() == [MIGRATIONS[0].name]
+    previous.record_blob("repo", blob("before"))
+    current = PostgresMetadata(empty_url)  # schema 1: inside this release's window
+    with pytest.raises(SchemaError, match="run `dockyard migrate`"):
+        current.outbox()
+    hooked = Config(data=str(tmp_path / "data"), database=empty_url,
+                    notifications=({"name": "ci", "url": "http://127.0.0.1:9/"},))
+    with pytest.raises(SchemaError, match="event delivery needs schema version 2"):
+        create_app(hooked)
+    create_app(Config(data=str(tmp_path / "data"), database=empty_url)).registry.close()  # no endpoint: serves
+    assert current.migrate() == [m.name for m in MIGRATIONS[1:]]
+    assert current.outbox().endpoint_states() == {}  # the same process, once migrated
+    previous.check_schema()
+    previous.record_blob("repo", blob("after"))  # the previous release on the new schema
+    migrated = PostgresMetadata(empty_url)
+    assert migrated.outbox().endpoint_states() == {}
+    for metadata in (previous, current, migrated):
+        metadata.close()
 
 
 def test_old_and_new_releases_share_a_database_during_an_upgrade(empty_url):

@@ -319,3 +319,14 @@ def test_glob_characters_in_a_user_name_match_only_themselves(user):
     rules = AccessRules([Rule(frozenset(["*"]), frozenset(), ("home/{user}/*",), frozenset(["pull", "push"]))])
     assert rules.allowed(user, "home/alice/app") == set()
     assert rules.allowed("alice", "home/alice/app") == {"pull", "push"}
+
+
+def test_a_repository_name_outside_the_grammar_gets_a_challenge_without_a_scope(token_app):
+    """Found by the fuzzer: the challenge echoed the name from the path, and a header cannot carry 'Ā' (a 500)."""
+    for path in ("/v2/_dockyard/repositories/%C4%80/tags", "/v2/_dockyard/repositories/Team/App/tags"):
+        resp = token_app.get(path, status=401)
+        challenge = resp.headers["WWW-Authenticate"]
+        assert challenge.startswith("Bearer realm=") and "scope=" not in challenge, challenge
+        assert resp.json["errors"][0]["code"] == "UNAUTHORIZED"
+    # On the API's own routes such a name is refused as the spec says, before anyone is asked to log in.
+    assert token_app.get("/v2/%C4%80/tags/list", status=400).json["errors"][0]["code"] == "NAME_INVALID"

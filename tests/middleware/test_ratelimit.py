@@ -103,3 +103,14 @@ def test_bad_options(tmp_path, options, message):
     with pytest.raises(ConfigError, match="middleware 'ratelimit'") as info:
         create_app(make_config(tmp_path, {"name": "ratelimit", "options": options}))
     assert message in str(info.value)
+
+
+def test_a_bucket_file_that_cannot_be_opened_is_named(tmp_path):
+    """`dockyard check-config` on a host whose data directory does not exist yet said "cannot open ''" (found by
+    issue 14's cluster test): the message names the default file it tried."""
+    from dockyard.server.pipeline import build_request_path
+
+    config = make_config(tmp_path, {"name": "ratelimit"})
+    config = dataclasses.replace(config, data=str(tmp_path / "no such directory"))
+    with pytest.raises(ConfigError, match="no such directory/ratelimit.db"):
+        build_request_path(config, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import signal
@@ -186,7 +187,8 @@ def json_error(error, request: httpx.Request) -> httpx.Response:
 
 class Transport(httpx.BaseTransport):
     """The real app through httpx.WSGITransport, with what a test needs around it: a server that is down
-    (`down`: connection refused), a slow one (`delay` seconds before each request), and every request it
+    (`down`: connection refused), a slow one (`delay` seconds before each request; or `held`: every request waits
+    until the test sets the event), and every request it
     answered, with the status, in `log`.
 
     `like_distribution=True` answers as the reference registry (Distribution 2.8) does where Dockyard does more:
@@ -198,6 +200,7 @@ class Transport(httpx.BaseTransport):
         self.like_distribution = like_distribution
         self.down = False
         self.delay = 0.0
+        self.held: threading.Event | None = None
         self.log: list[tuple[httpx.Request, int]] = []
         self.lock = threading.Lock()
 
@@ -206,6 +209,8 @@ class Transport(httpx.BaseTransport):
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         if self.delay:
             time.sleep(self.delay)
+        if self.held is not None and not self.held.wait(timeout=60):
+            raise httpx.ReadTimeout("held for 60s: the test never let the request go", request=request)
         response = self.distribution_answer(request) or self.wsgi.handle_request(request)
         with self.lock:
             self.log.append((request, response.status_code))
@@ -275,8 +280,9 @@ def make_registry(tmp_path):
     """`make_registry(middleware=(), clock=pushed_clock, like_distribution=False)`: a fresh in-process registry."""
     made = []
 
-    def make(*, middleware: tuple = (), clock=pushed_clock, like_distribution: bool = False) -> InProcessRegistry:
-        config = Config(data=str(tmp_path / f"data{len(made)}"), middleware=middleware)
+    def make(*, middleware: tuple = (), clock=pushed_clock, like_distribution: bool = False,
+             **settings) -> InProcessRegistry:
+        config = Config(data=str(tmp_path / f"data{len(made)}"), middleware=middleware, **settings)
         app = create_app(config, clock=clock)
         made.append(InProcessRegistry(app, Transport(app, like_distribution=like_distribution)))
         return made[-1]
@@ -291,23 +297,77 @@ def registry(make_registry) -> InProcessRegistry:
     return make_registry()
 
 
+# -- docker's credential helpers ---------------------------------------------------------------------------------
+
+
+def credential_helper(bin_dir, name: str, answers: dict[str, dict], *, fail: str | None = None):
+    """A `docker-credential-<name>` that logs each call and answers `get` from `answers` (server -> JSON), or
+    prints `fail` and exits 1: docker-credential-helpers' programs print their errors on stdout, and the one for
+    a server they hold nothing for is "credentials not found in native keychain"."""
+    bin_dir.mkdir(exist_ok=True)
+    log = bin_dir / f"{name}.log"
+    cases = "".join(f"  'get {server}') printf '%s\\n' '{json.dumps(answer)}' ;;\n"
+                    for server, answer in answers.items())
+    script = bin_dir / f"docker-credential-{name}"
+    script.write_text(f"""#!/bin/sh
+server=$(cat)
+printf '%s %s\\n' "$1" "$server" >> '{log}'
+{f"echo '{fail}'; exit 1" if fail else ""}
+case "$1 $server" in
+{cases}  *) echo 'credentials not found in native keychain'; exit 1 ;;
+esac
+""")
+    script.chmod(0o755)
+    return log
+
+
+def docker_environment(tmp_path, config: dict) -> dict:
+    """An environment whose docker config.json is `config` and whose PATH starts with `tmp_path/bin` (the helpers)."""
+    (tmp_path / "docker").mkdir(exist_ok=True)
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(config))
+    return {"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "docker"),
+            "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+
+
 # -- driving the app ---------------------------------------------------------------------------------------------
 
 
+def painting(app) -> bool:
+    """Whether the current screen still has work Textual does when idle: a DataTable's column widths, a layout, a
+    repaint. These are Textual 8.2's own flags (the test extra pins textual)."""
+    from textual.widgets import DataTable
+    screen = app.screen
+    if screen._layout_required or screen._repaint_required or screen._dirty_widgets:
+        return True
+    return any(t._require_update_dimensions or t._new_rows or t._updated_cells for t in screen.query(DataTable))
+
+
 async def settle(pilot, timeout: float = 15) -> None:
-    """Wait until every worker has finished and the messages they posted have been handled."""
+    """Wait until every worker has finished, the messages they posted have been handled, and the screen has
+    painted the result.
+
+    Messages are handled first (pilot._wait_for_screen), the paint is forced (pilot.pause) only once nothing is
+    pending: pilot.pause() paints at once, and it judges idleness by this process's CPU time, which a loaded
+    machine starves. A paint forced between a DataTable's new rows and its column widths (computed when it is next
+    idle) leaves lines drawn with the old widths in the table's line cache, and a dialog opened over the screen then
+    shows them."""
     from textual.worker import WorkerState
+
+    def busy() -> list:
+        return [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+
     deadline = time.monotonic() + timeout
     while True:
-        await pilot.pause()
-        busy = [w for w in pilot.app.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
-        if not busy:
+        await asyncio.sleep(0.02)  # the app runs: messages posted from worker threads land, idle work is done
+        await pilot._wait_for_screen()
+        if not busy() and not painting(pilot.app):
             await pilot.pause()
-            await pilot.pause()
-            return
+            await pilot._wait_for_screen()
+            if not busy() and not painting(pilot.app):
+                await pilot.pause()
+                return
         if time.monotonic() > deadline:
-            raise AssertionError(f"workers still running after {timeout}s: {busy}")
-        await asyncio.sleep(0.02)
+            raise AssertionError(f"workers still running or the screen still painting after {timeout}s: {busy()}")
 
 
 def screen_text(app) -> str:
@@ -317,6 +377,18 @@ def screen_text(app) -> str:
                       legacy_windows=False, color_system="truecolor")
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+def dialog_text(app) -> str:
+    """The open dialog (inside its █ box) as the operator reads it: title, body and buttons, each wrapped line
+    joined to the next by a space, so a sentence can be looked for whole."""
+    inside = []
+    for line in screen_text(app).splitlines():
+        if line.count("█") >= 2:
+            text = line[line.index("█") + 1:line.rindex("█")].strip()
+            if text and not set(text) <= set("▀▄▔▁ "):
+                inside.append(text)
+    return " ".join(inside)
 
 
 def run_app(app, scenario, size=(80, 24)):

@@ -16,6 +16,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 SBOM_TYPE = "application/vnd.example.sbom.v1+json"
+SIGNATURE_TYPE = "application/vnd.example.signature.v1+json"
 
 # name -> size: BASE is shared by every image of apps/web but arm64, and by apps/api.
 LAYERS = {"base": 4096, "a1": 1024, "b1": 2048, "c1": 3072, "x1": 512, "y1": 768, "d1": 1536, "e1": 256,
@@ -118,6 +119,20 @@ class Seeder:
         })
         digest = self.manifest(repository, digest_of(body), body, OCI_MANIFEST)
         return Pushed(repository, digest, len(body), {empty: 2, sbom: LAYERS["sbom"]})
+
+    def signature(self, repository: str, subject: Pushed, payload: str) -> Pushed:
+        """A signature artifact (as notation or cosign 2 push one): the empty config, one small layer, a subject."""
+        empty = self.blob(repository, b"{}")
+        data = f"signature of {subject.digest}: {payload}".encode()
+        layer = self.blob(repository, data)
+        body = canonical({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_TYPE,
+            "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/jose+json", "digest": layer, "size": len(data)}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": subject.manifest_bytes},
+        })
+        digest = self.manifest(repository, digest_of(body), body, OCI_MANIFEST)
+        return Pushed(repository, digest, len(body), {empty: 2, layer: len(data)})
 
 
 @dataclass

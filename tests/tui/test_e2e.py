@@ -4,13 +4,16 @@ over HTTP, what it holds afterwards."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
-from conftest import goto, run_app, screen_text, settle, table_keys, type_text
+from conftest import (credential_helper, dialog_text, docker_environment, goto, run_app, screen_text, settle,
+                      table_keys, type_text)
 from dockyard.tui.app import RegistryApp
-from dockyard.tui.client import RegistryClient
+from dockyard.tui.client import Credentials, RegistryAuth, RegistryClient
+from dockyard.tui.connect import resolve
 from dockyard.tui.format import exact_bytes
-from seed import LAYERS, SBOM_TYPE, seed
+from seed import LAYERS, SBOM_TYPE, SIGNATURE_TYPE, Seeder, seed
 
 pytestmark = pytest.mark.e2e
 
@@ -264,11 +267,6 @@ def test_bearer_tokens_with_the_credentials_docker_login_stored(dockyard_with_to
     import base64
     import json
 
-    import httpx
-
-    from dockyard.tui.client import Credentials, RegistryAuth
-    from dockyard.tui.connect import resolve
-
     server = dockyard_with_tokens
     token_http = httpx.Client(timeout=30)
     seed(server.url, auth=RegistryAuth(Credentials("alice", "ecila"), token_http))
@@ -311,3 +309,175 @@ def test_bearer_tokens_with_the_credentials_docker_login_stored(dockyard_with_to
         assert "stable" in table_keys(pilot.app)
 
     run_app(RegistryApp(RegistryClient(server.url, Credentials("bob", "bob"))), reader)
+
+
+# -- issue 15: a manifest's referrers, deleted with it when the operator asks --------------------------------------
+
+
+def own_bytes(pushed, *kept) -> int:
+    """What deleting `pushed` gives back while `kept` stay: its manifest and the blobs none of `kept` holds."""
+    return pushed.manifest_bytes + sum(only_in(pushed, *kept).values())
+
+
+def test_delete_a_manifest_with_its_referrers_when_asked(dockyard):
+    s = seed(dockyard.url)  # c (2.0, latest) has an SBOM
+    seeder = Seeder(dockyard.url)
+    sig_b = seeder.signature("apps/web", s.b, "b")  # a signature of b (1.1, stable)
+    sig_sbom = seeder.signature("apps/web", s.sbom, "sbom")  # a signature of c's SBOM: a referrer of a referrer
+    seeder.close()
+    http = dockyard.http()
+    images = (s.a, s.c, s.amd64, s.arm64)
+    # b with its signature: the empty config ({}) stays, c's SBOM and its signature still use it
+    first = own_bytes(s.b, *images) + own_bytes(sig_b, s.sbom, sig_sbom)
+    # then c with its SBOM and the SBOM's signature: the last users of {}, so it goes too
+    second = own_bytes(s.c, s.a, s.amd64, s.arm64) + own_bytes(s.sbom) + own_bytes(sig_sbom, s.sbom)
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "stable")
+        await pilot.press("D")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "Delete manifest" in text and "2 tags, 1 manifest would be deleted" in text  # the default: alone
+        assert "1 referrer (signatures, SBOMs) of this manifest stays, orphaned. r: delete them too" in text
+        await pilot.press("r")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "Delete manifest, with referrers" in text
+        assert "2 tags, 2 manifests (1 referrer) would be deleted from apps/web" in text
+        assert f"✗ {s.b.digest[7:19]}  1.1, stable" in text
+        assert f"✗ {sig_b.digest[7:19]}  referrer: {SIGNATURE_TYPE}" in text
+        assert f"Frees {exact_bytes(first)}" in text
+        await pilot.press("y")
+        await settle(pilot)
+        text = screen_text(pilot.app)
+        assert "Deleted 2 of 2." in text and f"reclaimed {first:,} bytes" in text
+        await pilot.press("enter")
+        await settle(pilot)
+
+        await goto(pilot, "2.0")
+        await pilot.press("D")
+        await settle(pilot)
+        assert "2 referrers (signatures, SBOMs) of this manifest stay, orphaned" in dialog_text(pilot.app)
+        await pilot.press("r")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "2 tags, 3 manifests (2 referrers) would be deleted" in text
+        assert f"✗ {s.sbom.digest[7:19]}  referrer: {SBOM_TYPE}" in text
+        assert f"✗ {sig_sbom.digest[7:19]}  referrer: {SIGNATURE_TYPE}" in text
+        assert f"Frees {exact_bytes(second)}" in text
+        await pilot.press("y")
+        await settle(pilot)
+        text = screen_text(pilot.app)
+        assert "Deleted 3 of 3." in text and f"reclaimed {second:,} bytes" in text
+        await pilot.press("enter")
+        await settle(pilot)
+        assert table_keys(pilot.app) == ["1.0", "multi"]
+
+    run_app(app_for(dockyard), scenario)
+    assert sorted(http.get("/v2/apps/web/tags/list").json()["tags"]) == ["1.0", "multi"]
+    for gone in (s.b, sig_b, s.c, s.sbom, sig_sbom):
+        assert http.get(f"/v2/apps/web/manifests/{gone.digest}", headers={"Accept": ACCEPT}).status_code == 404
+    for subject in (s.b, s.c, s.sbom):
+        assert http.get(f"/v2/apps/web/referrers/{subject.digest}").json()["manifests"] == []
+    for blob in {**sig_b.blobs, **s.sbom.blobs, **sig_sbom.blobs}:  # {} among them
+        assert http.head(f"/v2/apps/web/blobs/{blob}").status_code == 404
+    assert http.get(f"/v2/apps/web/manifests/{s.a.digest}", headers={"Accept": ACCEPT}).status_code == 200
+
+
+def test_delete_a_manifest_alone_by_default_leaves_its_referrers(dockyard):
+    s = seed(dockyard.url)
+    http = dockyard.http()
+    alone = own_bytes(s.c, s.a, s.b, s.amd64, s.arm64)
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "latest")
+        await pilot.press("D")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "1 referrer (signatures, SBOMs) of this manifest stays, orphaned" in text
+        assert f"Frees {exact_bytes(alone)}" in text and "referrer:" not in text
+        await pilot.press("r", "r")  # with, then alone again: the body says so
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "with referrers" not in text and "2 tags, 1 manifest would be deleted" in text
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+        assert f"reclaimed {alone:,} bytes" in screen_text(pilot.app)
+
+    run_app(app_for(dockyard), scenario)
+    assert http.get(f"/v2/apps/web/manifests/{s.c.digest}", headers={"Accept": ACCEPT}).status_code == 404
+    # the SBOM is still there, and the referrers API still lists it under its (deleted) subject
+    assert http.get(f"/v2/apps/web/manifests/{s.sbom.digest}", headers={"Accept": ACCEPT}).status_code == 200
+    assert [m["digest"] for m in http.get(f"/v2/apps/web/referrers/{s.c.digest}").json()["manifests"]] == \
+        [s.sbom.digest]
+    for blob in s.sbom.blobs:
+        assert http.head(f"/v2/apps/web/blobs/{blob}").status_code == 200
+
+
+def test_reference_registry_refuses_deleting_referrers_and_says_why(reference):
+    s = seed(reference.url, referrer=False)
+    http = reference.http()
+
+    async def scenario(pilot):
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "2.0")
+        await pilot.press("D")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "Referrers: this registry has no referrers API" in text
+        await pilot.press("r")
+        await settle(pilot)
+        text = dialog_text(pilot.app)
+        assert "Cannot delete the referrers: this registry has no referrers API" in text
+        assert "with referrers" not in text and "2 tags, 1 manifest would be deleted" in text
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+
+    run_app(app_for(reference), scenario)
+    assert http.get(f"/v2/apps/web/manifests/{s.c.digest}", headers={"Accept": ACCEPT}).status_code == 404
+    assert sorted(http.get("/v2/apps/web/tags/list").json()["tags"]) == ["1.0", "1.1", "multi", "stable"]
+
+
+def test_a_credential_helper_holding_an_identity_token_against_dockyard_serve(dockyard_with_tokens, tmp_path):
+    """Issue 15: `docker login` against Dockyard keeps an identity token (the refresh token of its password grant)
+    in the credential store as `<token>`; registry-tui runs the helper and signs in with it as docker does."""
+    server = dockyard_with_tokens
+    host = server.url.removeprefix("http://")
+    r = httpx.post(f"{server.url}/auth/token", timeout=30, data={
+        "grant_type": "password", "username": "alice", "password": "ecila", "service": "dockyard-test",
+        "client_id": "docker", "access_type": "offline"})
+    assert r.status_code == 200, r.text
+    with httpx.Client(timeout=30) as token_http:
+        seed(server.url, auth=RegistryAuth(Credentials("alice", "ecila"), token_http))
+    log = credential_helper(tmp_path / "bin", "secretservice",
+                            {host: {"ServerURL": host, "Username": "<token>", "Secret": r.json()["refresh_token"]}})
+    env = docker_environment(tmp_path, {"auths": {host: {}}, "credsStore": "secretservice"})
+    connection = resolve(server.url, env=env)
+    assert connection.source == "docker-credential-secretservice" and log.read_text() == f"get {host}\n"
+
+    async def scenario(pilot):
+        assert "admin API" in screen_text(pilot.app)  # alice's identity token: alice, an admin
+        await goto(pilot, "apps/web")
+        await pilot.press("enter")
+        await settle(pilot)
+        await goto(pilot, "1.0")
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Deleted 1 of 1." in screen_text(pilot.app)
+
+    run_app(RegistryApp(RegistryClient(connection.url, connection.credentials), gc_grace=0), scenario)
+    check = RegistryClient(server.url, Credentials("alice", "ecila"))
+    assert sorted(t for page in check.tags("apps/web") for t in page) == ["1.1", "2.0", "latest", "multi", "stable"]
+    check.close()

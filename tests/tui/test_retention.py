@@ -8,8 +8,9 @@ import pytest
 
 from dockyard.tui.client import RepositoryStats
 from dockyard.tui.images import Footprint, Inventory, TagRow, load_tags
-from dockyard.tui.retention import RetentionRules, blobs_held_elsewhere, make_plan, plan, select
-from seed import LAYERS, seed
+from dockyard.tui.retention import (NO_REFERRERS_API, NOTHING_REFERS, RetentionRules, blobs_held_elsewhere,
+                                    make_plan, plan, select, with_referrers)
+from seed import LAYERS, SIGNATURE_TYPE, Seeder, seed
 
 NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
 
@@ -132,3 +133,47 @@ def test_held_elsewhere_asks_nobody_when_the_repository_shares_nothing(seeded):
     stats["apps/api"] = RepositoryStats("apps/api", 1, 1, 1, 4096)
     assert blobs_held_elsewhere(client, "apps/api", [f"sha256:{i}" for i in range(10)], stats, limit=5) is None
     assert len(transport.log) == before
+
+
+# -- issue 15: the same deletion with the manifests' referrers ------------------------------------------------------
+
+
+def test_referrers_go_first_and_blobs_kept_referrers_use_are_kept(make_registry):
+    registry = make_registry()
+    s = seed(registry.url, transport=registry.transport)  # c's SBOM uses the empty config {}
+    seeder = Seeder(registry.url, registry.transport)
+    sig = seeder.signature("apps/web", s.b, "b")  # b's signature uses {} too
+    seeder.close()
+    empty = next(d for d, size in sig.blobs.items() if size == 2)
+    client = registry.client()
+    inventory = Inventory("apps/web")
+    load_tags(client, inventory, admin=True, on_rows=lambda rows: None)
+    alone, _ = make_plan(client, True, inventory, {}, [], [s.b.digest])
+    choice = with_referrers(client, True, inventory, {}, [], [s.b.digest], alone)
+    assert choice.plan.manifests == [sig.digest, s.b.digest]  # the referrer before its subject
+    assert choice.plan.referrers == {sig.digest: SIGNATURE_TYPE}
+    assert empty not in choice.plan.blobs and choice.note == ""  # c's SBOM keeps it
+    assert choice.plan.bytes_freed == alone.bytes_freed + sig.manifest_bytes + sum(sig.blobs.values()) - 2
+
+    # past the limit of kept manifests to ask, the count says it is an upper bound
+    bound = with_referrers(client, True, inventory, {}, [], [s.b.digest], alone, kept_limit=0)
+    assert empty in bound.plan.blobs and "upper bound" in bound.note
+
+    nothing = make_plan(client, True, inventory, {}, [], [s.a.digest])[0]
+    assert with_referrers(client, True, inventory, {}, [], [s.a.digest], nothing).reason == NOTHING_REFERS
+    untag_only = make_plan(client, True, inventory, {}, ["stable"])[0]
+    assert untag_only.manifests == [] and with_referrers(client, True, inventory, {}, ["stable"], [],
+                                                         untag_only) is None
+
+
+def test_without_the_referrers_api_the_choice_says_why(make_registry):
+    registry = make_registry(like_distribution=True)
+    s = seed(registry.url, transport=registry.transport, referrer=False)
+    client = registry.client()
+    inventory = Inventory("apps/web")
+    load_tags(client, inventory, admin=False, on_rows=lambda rows: None)
+    alone, _ = make_plan(client, False, inventory, {}, [], [s.multi.digest])
+    assert len(alone.manifests) == 3  # the index and its two platforms
+    choice = with_referrers(client, False, inventory, {}, [], [s.multi.digest], alone)
+    assert choice.plan is None and choice.reason == NO_REFERRERS_API
+    assert registry.transport.count("GET", "/v2/apps/web/referrers/*") == 1  # asked once, not per manifest

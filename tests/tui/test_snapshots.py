@@ -62,3 +62,8 @@ def test_retention_preview(snap_compare, app):
 
 def test_help(snap_compare, app):
     assert snap_compare(app, run_before=steps("question_mark"))
+
+
+def test_confirm_deleting_a_manifest_with_its_referrers(snap_compare, app):
+    """Issue 15: `r` in the dialog of D: the manifest, its tags and its SBOM, each said, and the bytes they free."""
+    assert snap_compare(app, run_before=steps(("goto", "apps/web"), "enter", ("goto", "2.0"), "D", "r"))

@@ -1,7 +1,9 @@
-"""A yes/no question over the current screen: dismisses with True only on an explicit yes."""
+"""A yes/no question over the current screen: dismisses with True only on an explicit yes. The deletion dialog
+adds one switch: the referrers of the manifests that go (signatures, SBOMs), deleted with them or left."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -38,3 +40,29 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
+
+
+class ConfirmDeletion(ConfirmScreen):
+    """The deletion dialog with a second answer on `r`: the manifests alone (the default), or with their referrers.
+    The title and body always say exactly what goes; where the referrers cannot be offered, `r` says why.
+    Dismisses with True on yes; `with_referrers` tells which of the two was confirmed."""
+
+    BINDINGS = [Binding("r", "toggle_referrers", "Referrers too")]
+
+    def __init__(self, title: str, alone: object, title_with: str, with_referrers: object | None, refusal: str):
+        super().__init__(title, alone)
+        self.answers = ((title, alone), (title_with, with_referrers))
+        self.refusal = refusal
+        self.with_referrers = False
+
+    def action_toggle_referrers(self) -> None:
+        body = self.query_one("#dialog-body Static", Static)
+        if self.answers[1][1] is None:
+            # said in the dialog itself, under what goes: a toast could pass unseen while the operator decides
+            refused = Text.assemble(self.answers[0][1], (f"Cannot delete the referrers: {self.refusal}.", "bold"))
+            body.update(refused)
+            return
+        self.with_referrers = not self.with_referrers
+        title, text = self.answers[self.with_referrers]
+        self.query_one("#dialog-title", Static).update(title)
+        body.update(text)

@@ -19,9 +19,11 @@ KEYS = """\
               s  sort: name → date → size       o  reverse the order
               d  delete the marked tags (or the tag under the cursor)
               D  delete the manifest under the cursor, with all its tags
+              r  in their dialog: the referrers too (signatures, SBOMs)
               p  retention rules   C  garbage collection   r  reload
 
 [b]Manifest[/b]      c  copy the pull reference   j k  scroll   escape  back
+              an index: enter  open the platform under the cursor
 
 [b]Retention[/b]     tab  next rule   enter  prune what the preview shows
 """

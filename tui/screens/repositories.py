@@ -23,6 +23,17 @@ def describe_error(error: Exception) -> str:
     return str(error) if isinstance(error, ClientError) else f"unexpected {type(error).__name__}: {error}"
 
 
+def events_summary(endpoints: list[dict] | None) -> str:
+    """The event backlog for the title line: events waiting and parked across the notification endpoints."""
+    if not endpoints:
+        return ""
+    backlog = sum(int(e.get("backlog") or 0) for e in endpoints)
+    parked = sum(int(e.get("parked") or 0) for e in endpoints)
+    failing = [e["name"] for e in endpoints if e.get("retrying")]
+    text = f"   events: {backlog} waiting, {parked} parked"
+    return text + (f" ({', '.join(failing)} failing)" if failing else "")
+
+
 class RepositoriesScreen(Screen):
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
@@ -36,6 +47,7 @@ class RepositoriesScreen(Screen):
         self.names: list[str] = []
         self.stats: dict[str, RepositoryStats] = {}
         self.fetching = False
+        self.events = ""  # the event backlog, for the status line (admin API with notification endpoints)
 
     def compose(self) -> ComposeResult:
         yield Static(self.app.client.url, id="title")
@@ -69,7 +81,8 @@ class RepositoriesScreen(Screen):
         try:
             client.ping()
             admin = client.has_admin_api()
-            self.post_message(Connected(admin, client.storage() if admin else None))
+            self.post_message(Connected(admin, client.storage() if admin else None,
+                                        client.event_endpoints() if admin else None))
             count = 0
             pages = client.repositories() if admin else client.catalog()
             for page in pages:
@@ -97,6 +110,7 @@ class RepositoriesScreen(Screen):
             if message.storage.get("manifest_bytes"):
                 total += " + manifests"
         self.query_one("#title", Static).update(f"[b]{self.app.client.url}[/b]{who}  ({admin}){total}")
+        self.events = events_summary(message.events)
         self.set_status("loading repositories …", "loading")
 
     @on(RepositoriesPage)
@@ -122,7 +136,8 @@ class RepositoriesScreen(Screen):
         stats = self.stats.get(name)
         if stats is None:
             return (name, "?", "?", "?")
-        return (name, str(stats.tags), human_bytes(stats.unique_bytes + stats.shared_bytes),
+        shown = f"{name}  ← {stats.upstream}" if stats.upstream else name  # a pull-through cache, and its source
+        return (shown, str(stats.tags), human_bytes(stats.unique_bytes + stats.shared_bytes),
                 human_bytes(stats.shared_bytes))
 
     def show_count(self) -> None:
@@ -132,6 +147,7 @@ class RepositoriesScreen(Screen):
             text = f"{shown} of {text} match"
         if self.app.admin is False:
             text += "   tag counts and sizes: unknown (no admin API)"
+        text += self.events
         self.set_status(text, "ok")
 
     def set_status(self, text: str, state: str) -> None:

@@ -1,10 +1,12 @@
 """The tags of one repository: digest, size, platforms, age; sortable; tags sharing a digest stay together;
-mark several and delete them, delete a manifest by digest, or open the retention rules."""
+mark several and delete them, delete a manifest by digest (either with the referrers of the manifests that go,
+when the operator asks in the dialog), or open the retention rules."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,11 +18,11 @@ from ..client import ClientError, RepositoryStats
 from ..format import age, human_bytes, plural, short_digest
 from ..images import Inventory, TagRow, load_tags
 from ..messages import LoadFailed, PlanReady, TagRowsLoaded, TagsDone
-from ..retention import make_plan
+from ..retention import make_plan, with_referrers
 from ..widgets.filterbar import FilterBar
-from ..widgets.plansummary import describe_plan
+from ..widgets.plansummary import describe_plan, describe_referrers
 from ..widgets.table import KeyTable
-from .confirm import ConfirmScreen
+from .confirm import ConfirmDeletion, ConfirmScreen
 from .manifest import ManifestScreen
 from .progress import ProgressScreen
 from .retention import RetentionScreen
@@ -154,7 +156,8 @@ class TagsScreen(Screen):
                 row.tag,
                 "  └ same" if same else short_digest(row.digest),
                 "" if same else human_bytes(row.size),
-                "" if same else (",".join(row.platforms) if row.platforms is not None else "?"),
+                # Text, not str: a DataTable reads a str as markup, and a platform is whatever the pusher wrote
+                Text("" if same else (",".join(row.platforms) if row.platforms is not None else "?")),
                 age(row.date, now),
             )))
         self.query_one(KeyTable).replace_rows(cells)
@@ -253,28 +256,44 @@ class TagsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def plan_deletion(self, doomed: list[str], manifests: list[str], title: str) -> None:
+        client, admin = self.app.client, self.app.admin
         try:
-            result, note = make_plan(self.app.client, self.app.admin, self.inventory, self.stats, doomed,
-                                     manifests)
+            result, note = make_plan(client, admin, self.inventory, self.stats, doomed, manifests)
+            # The referrers of the manifests that go are looked up now, so the dialog can say what `r` would add.
+            choice = with_referrers(client, admin, self.inventory, self.stats, doomed, manifests, result)
         except Exception as exc:
             self.post_message(LoadFailed("plan", error_text(exc)))
             return
-        self.post_message(PlanReady(result, f"{title}\n{note}".strip()))
+        self.post_message(PlanReady(result, f"{title}\n{note}".strip(), choice))
 
     @on(PlanReady)
     def confirm_plan(self, message: PlanReady) -> None:
         title, _, note = message.note.partition("\n")
-        body = describe_plan(message.plan, self.inventory.by_digest())
-        if note:
-            body.append(note, style="yellow")
         if message.plan.empty:
             self.notify("Nothing to delete.")
             return
+        groups = self.inventory.by_digest()
+        body = describe_plan(message.plan, groups)
+        if note:
+            body.append(note + "\n", style="yellow")
+        choice = message.referrers
+        if choice is None:
+            dialog = ConfirmScreen(title, body)
+        else:
+            body.append_text(describe_referrers(choice))
+            other = None
+            if choice.plan is not None:
+                other = describe_plan(choice.plan, groups)
+                if choice.note:
+                    other.append(choice.note + "\n", style="yellow")
+                other.append("r: keep the referrers, delete the manifests alone\n", style="dim")
+            dialog = ConfirmDeletion(title, body, f"{title}, with referrers", other, choice.reason)
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.app.push_screen(ProgressScreen(self.repository, message.plan), self.after_delete)
-        self.app.push_screen(ConfirmScreen(title, body), answered)
+                chosen = choice.plan if isinstance(dialog, ConfirmDeletion) and dialog.with_referrers else None
+                self.app.push_screen(ProgressScreen(self.repository, chosen or message.plan), self.after_delete)
+        self.app.push_screen(dialog, answered)
 
     def after_delete(self, result: dict | None) -> None:
         self.marked = set()

@@ -339,7 +339,11 @@ async function loadRepositories(results, query, after, admin, stale) {
   const body = rows.map((row) => {
     const tags = h("td", {class: "num"}, row.tags !== undefined ? String(row.tags) : "…");
     if (row.tags === undefined) counts.push([row.name, tags]);
-    const cells = [h("td", {class: "name"}, h("a", {href: route("repository", {name: row.name})}, row.name)), tags];
+    // A pull-through cached repository (issue 16) says where it comes from.
+    const cached = row.upstream ? h("span", {class: "muted upstream", title: `a read-only cache of ${row.upstream.url}`},
+                                    ` cached from ${row.upstream.url}`) : null;
+    const cells = [h("td", {class: "name"}, h("a", {href: route("repository", {name: row.name})}, row.name), cached),
+                   tags];
     if (admin) {
       cells.push(h("td", {class: "num", title: exactBytes(row.unique_bytes)}, formatBytes(row.unique_bytes)),
                  h("td", {class: "num wide-only", title: exactBytes(row.shared_bytes)}, formatBytes(row.shared_bytes)),
