@@ -39,10 +39,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import limits
 from harness import (
     DOCKYARD_CMD,
     HOST,
@@ -72,6 +73,7 @@ FIGURES = {
     "push_monolithic": "push, monolithic",
     "push_chunked": "push, chunked",
     "pull": "pull",
+    "pull_again": "pull again",
 }
 PROXY_FIGURE = "pull_proxy"  # measured only when run_rounds is given a proxy in front of a registry
 FIGURES_WITH_PROXY = FIGURES | {PROXY_FIGURE: "pull through nginx"}
@@ -372,6 +374,7 @@ class TargetResults:
     target: Target
     warmup: dict[str, Measurement]
     rounds: dict[str, list[Measurement]]
+    limits: list[limits.Limits] = field(default_factory=list)  # one per timed round, when measured
 
     def median_mb_per_s(self, figure: str) -> float:
         return statistics.median(m.mb_per_s for m in self.rounds[figure])
@@ -401,6 +404,7 @@ def run_figures(
         "push_monolithic": measure(target, mono.size, lambda: client.push_monolithic(mono)),
         "push_chunked": measure(target, chunked.size, lambda: client.push_chunked(chunked, chunk)),
         "pull": measure(target, mono.size, lambda: client.pull(mono)),
+        "pull_again": measure(target, mono.size, lambda: client.pull(mono)),
     }
     if proxy:
         figures[PROXY_FIGURE] = measure(target, mono.size, lambda: proxy.pull(mono))
@@ -408,12 +412,19 @@ def run_figures(
 
 
 def run_rounds(
-    targets: list[Target], payload: Payload, rounds: int, chunk: int, proxies: dict[str, int] | None = None
+    targets: list[Target],
+    payload: Payload,
+    rounds: int,
+    chunk: int,
+    proxies: dict[str, int] | None = None,
+    limits_in: Path | None = None,
 ) -> list[TargetResults]:
     """One warm-up round, then `rounds` timed ones; the order of the targets flips every round.
 
     `proxies` maps a target's name to the port of a proxy in front of it (nginx): the monolithic blob is then
-    also pulled through it, as figure PROXY_FIGURE.
+    also pulled through it, as figure PROXY_FIGURE. With `limits_in` (a directory on the data directories'
+    filesystem), the machine's limits (`limits.measure`) are measured at the start of every timed round and kept
+    in each result's `limits`.
     """
     proxies = proxies or {}
     figure_names = list(FIGURES) + ([PROXY_FIGURE] if proxies else [])
@@ -426,6 +437,12 @@ def run_rounds(
         progress(f"{name}: hashing two new {format_size(payload.size)} blobs")
         mono = payload.blob(f"{run_id} round {number} monolithic")
         chunked = payload.blob(f"{run_id} round {number} chunked")
+        if limits_in is not None and number > 0:
+            os.sync()
+            measured = limits.measure(limits_in, payload.file, payload.size)
+            progress(f"  {limits.describe(measured)}")
+            for result in results.values():
+                result.limits.append(measured)
         for target in alternate(targets, number):
             client = clients[target.name]
             proxy = proxy_clients.get(target.name)
@@ -456,9 +473,23 @@ def measured(results: list[TargetResults]) -> dict[str, str]:
     return {f: label for f, label in FIGURES_WITH_PROXY.items() if f in results[0].rounds}
 
 
+PUSH_FIGURES = ("push_monolithic", "push_chunked")
+
+
+def round_limits(results: list[TargetResults]) -> limits.Limits | None:
+    """Each limit's median over the timed rounds (all targets share one machine and one measurement per round)."""
+    return limits.median_limits(results[0].limits) if results and results[0].limits else None
+
+
 def table_rows(results: list[TargetResults]) -> list[tuple[str, list[float | None]]]:
     figures = measured(results)
     rows = [(f"{label} (MB/s)", [r.median_mb_per_s(figure) for r in results]) for figure, label in figures.items()]
+    if machine := round_limits(results):
+        name, _ = machine.lowest
+        for figure in PUSH_FIGURES:
+            if figure in figures:
+                rows.append((f"{FIGURES[figure]}, % of lowest limit ({name})",
+                             [100 * limits.fraction(r.median_mb_per_s(figure), machine) for r in results]))
     for attribute, what in (("peak_process", "peak RSS largest process"), ("peak_total", "peak RSS all processes")):
         for figure, label in figures.items():
             peaks = [r.peak(figure, attribute) for r in results]
@@ -480,6 +511,9 @@ def format_table(results: list[TargetResults]) -> str:
         if has_ratio(results):
             values = [*values, ratio(*values)]
         lines.append(f"{label:<{width}}" + "".join(f"{cell(value):>12}" for value in values))
+    if machine := round_limits(results):
+        lines.append(f"\nmachine, median of {len(results[0].limits)} rounds: {limits.describe(machine)}; "
+                     f"lowest: {machine.lowest[0]}")
     return "\n".join(lines)
 
 
@@ -496,7 +530,8 @@ def figures_json(r: TargetResults) -> dict:
             "rss_largest_process_at_start_bytes": r.peak(figure, "first_process"),
         }
 
-    return {figure: figure_json(figure) for figure in r.rounds}
+    return {figure: figure_json(figure) for figure in r.rounds} | {
+        "limits_rounds": [m.as_dict() for m in r.limits]}
 
 
 def as_json(results: list[TargetResults], args: argparse.Namespace, load: tuple[float, float]) -> dict:
@@ -514,6 +549,8 @@ def as_json(results: list[TargetResults], args: argparse.Namespace, load: tuple[
         document["ratios_dockyard_over_reference"] = {
             f: dockyard_results.median_mb_per_s(f) / reference_results.median_mb_per_s(f) for f in measured(results)
         }
+    if machine := round_limits(results):
+        document["limits_median_mb_per_s"] = machine.as_dict()
     return document
 
 
@@ -531,8 +568,8 @@ def selftest_verdict(results: TargetResults) -> bool:
 
 
 def check_disk(workdir: Path, size: int, rounds: int, registries: int) -> None:
-    """The payload, plus two blobs per round per registry, all kept until the end."""
-    needed = size * (1 + 2 * (rounds + 1) * registries)
+    """The payload, plus two blobs per round per registry, all kept until the end, plus the limits' test file."""
+    needed = size * (2 + 2 * (rounds + 1) * registries)
     free = shutil.disk_usage(workdir).free
     if free < needed * 1.1:
         raise BenchError(
@@ -563,7 +600,8 @@ def run(args: argparse.Namespace) -> int:
         progress(f"writing the {format_size(args.size)} payload in {workdir}")
         payload = stack.enter_context(payload_file(workdir / "payload", args.size))
         targets = start_targets(stack, workdir, args, payload)
-        results = run_rounds(targets, payload, args.rounds, args.chunk)
+        results = run_rounds(targets, payload, args.rounds, args.chunk,
+                             limits_in=None if args.selftest else workdir)
         load_end = load_average()
         progress("stopping the registries and removing their data")
     print(

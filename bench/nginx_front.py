@@ -9,6 +9,11 @@ it is a child we stop ourselves) with one `server` block per registry:
   from an `internal` location aliased to the blob directory, answered by Dockyard's `X-Accel-Redirect`
   (the `accel_redirect` setting, ACCEL_PREFIX below).
 - The reference: a plain reverse proxy with the same proxy settings (it has no X-Accel-Redirect).
+- Optionally (`ceiling_root`, for bench/concurrency.py) a third block that serves the same bytes as static files
+  and throws upload bodies away: what nginx alone does with the same load, the ceiling the registries are under.
+
+Sized for hundreds of clients: `worker_connections` WORKER_CONNECTIONS and `worker_rlimit_nofile` OPEN_FILES (a
+proxied request holds two connections, and an X-Accel-Redirect download a file as well).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from harness import HOST, BenchError, free_port, progress, stop_process, wait_ready
 
 ACCEL_PREFIX = "/_dockyard_blobs"
+WORKER_CONNECTIONS = 16384
+OPEN_FILES = 65536
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_SITE = REPO_ROOT / "deploy" / "nginx" / "dockyard.conf"
 
@@ -33,7 +40,8 @@ worker_processes auto;
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile {open_files};
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     default_type application/octet-stream;
@@ -96,6 +104,30 @@ server {{
 """
 
 
+CEILING_SITE = """\
+server {{
+    listen {listen};
+    root {root};
+    client_max_body_size 0;
+    location /v2/ {{
+        types {{ }}
+        default_type application/octet-stream;
+    }}
+    location ~ ^/v2/.+/manifests/ {{
+        types {{ }}
+        default_type application/vnd.docker.distribution.manifest.v2+json;
+    }}
+    location ~ ^/v2/.+/blobs/uploads/ {{
+        add_header Location /v2/ceiling/blobs/uploads/session always;
+        if ($request_method = PUT) {{
+            return 201;
+        }}
+        return 202;
+    }}
+}}
+"""
+
+
 def accel_prefix() -> str:
     """The `internal` location Dockyard's X-Accel-Redirect must name: the deploy site's, or ours."""
     if DEPLOY_SITE.is_file():
@@ -111,6 +143,7 @@ class Front:
 
     ports: dict[str, int]
     dockyard_site: str
+    pid: int = 0  # nginx's master process
 
 
 def deploy_site(upstream: str, listen: str, blobs: Path) -> str | None:
@@ -145,8 +178,10 @@ def _top_level_blocks(text: str) -> list[str]:
 
 
 @contextmanager
-def nginx(workdir: Path, dockyard_port: int, dockyard_data: Path, reference_port: int) -> Iterator[Front]:
-    """nginx in front of both registries; stopped (SIGTERM, then SIGKILL) when the block ends."""
+def nginx(workdir: Path, dockyard_port: int, dockyard_data: Path, reference_port: int,
+          ceiling_root: Path | None = None) -> Iterator[Front]:
+    """nginx in front of both registries (and serving `ceiling_root` as static files, when given); stopped
+    (SIGTERM, then SIGKILL) when the block ends."""
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
     if not binary:
         raise BenchError("nginx is missing: apt-get -o DPkg::Lock::Timeout=300 install -y nginx")
@@ -159,6 +194,11 @@ def nginx(workdir: Path, dockyard_port: int, dockyard_data: Path, reference_port
         if path.is_relative_to(workdir):
             path.chmod(path.stat().st_mode | 0o755)
     ports = {"dockyard": free_port(), "reference": free_port()}
+    if ceiling_root is not None:
+        ports["ceiling"] = free_port()
+        for path in [*reversed(ceiling_root.parents), ceiling_root, *ceiling_root.rglob("*")]:
+            if path.is_relative_to(workdir):
+                path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o644))
     upstream = f"{HOST}:{dockyard_port}"
     listen = f"{HOST}:{ports['dockyard']}"
     site = deploy_site(upstream, listen, blobs)
@@ -168,8 +208,11 @@ def nginx(workdir: Path, dockyard_port: int, dockyard_data: Path, reference_port
                                         blobs=blobs)
     site += REFERENCE_SITE.format(upstream=f"{HOST}:{reference_port}", listen=f"{HOST}:{ports['reference']}",
                                   proxy=PROXY_SETTINGS)
+    if ceiling_root is not None:
+        site += CEILING_SITE.format(listen=f"{HOST}:{ports['ceiling']}", root=ceiling_root)
     config = prefix / "nginx.conf"
-    config.write_text(MAIN_CONFIG.format(prefix=prefix, sites=site))
+    config.write_text(MAIN_CONFIG.format(prefix=prefix, sites=site, connections=WORKER_CONNECTIONS,
+                                         open_files=OPEN_FILES))
     checked = subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(config)], capture_output=True, text=True,
                              timeout=30, check=False)
     if checked.returncode != 0:
@@ -182,6 +225,6 @@ def nginx(workdir: Path, dockyard_port: int, dockyard_data: Path, reference_port
     try:
         for port in ports.values():
             wait_ready("nginx", proc, port, log_path)
-        yield Front(ports, source)
+        yield Front(ports, source, proc.pid)
     finally:
         stop_process("nginx", proc, log_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import blobs
+import limits
 from harness import (
     DOCKYARD_CMD,
     BenchError,
@@ -47,6 +49,9 @@ from nginx_front import accel_prefix, nginx
 from rates import (
     WRK_CONNECTIONS,
     WRK_THREADS,
+    SequenceResult,
+    UploadsResult,
+    WrkResult,
     run_wrk,
     small_blobs,
     small_uploads,
@@ -76,7 +81,8 @@ class Plan:
 
     blob_size: int
     chunk: int
-    rounds: int
+    rounds: int  # blob rounds
+    rate_rounds: int  # request-rate rounds: the median of these, with min and max
     duration: float  # seconds per wrk measurement
     warmup_duration: float
     tag_count: int  # tags in TAGS_REPO
@@ -93,7 +99,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         blob_size=args.size or (128 << 20 if quick else 1 << 30),
         chunk=args.chunk,
         rounds=args.rounds or (1 if quick else 3),
-        duration=args.duration or (3.0 if quick else 10.0),
+        rate_rounds=args.rate_rounds or (3 if quick else 5),
+        duration=args.duration or (4.0 if quick else 10.0),
         warmup_duration=1.0 if quick else 2.0,
         tag_count=10_000,
         repository_count=1_000,
@@ -180,6 +187,10 @@ class RateResults:
     def median(self, registry: str, figure: str, key: str) -> float | None:
         return median([r[key] for r in self.rounds[registry].get(figure, [])])
 
+    def paired(self, figure: str, key: str) -> Rounds:
+        """`key` of every timed round of `figure`, per registry, in round order."""
+        return Rounds(*(tuple(r[key] for r in self.rounds[n].get(figure, [])) for n in REGISTRIES))
+
     def total(self, registry: str, figure: str, key: str) -> int | None:
         results = self.rounds[registry].get(figure)
         return None if results is None else sum(r.get(key, 0) for r in results)
@@ -196,27 +207,59 @@ def wrk_paths(image: Image) -> dict[str, tuple[str, dict[str, str]]]:
     }
 
 
+def mirrored(targets: list[Target], number: int) -> list[tuple[Target, int]]:
+    """The slots of one round: each registry twice, in mirrored order (A B B A; B A A B in odd rounds), with the
+    half of the round's work each slot does. Drift in the machine's speed over the round (other work starting or
+    ending) then weighs on both registries alike, instead of on whichever ran second."""
+    order = alternate(targets, number)
+    return [(target, 0) for target in order] + [(target, 1) for target in order[::-1]]
+
+
+def combine(figure: str, parts: list) -> dict:
+    """One registry's two halves of a round as one result: rates over the summed counts and times; for wrk, the
+    latency percentiles are the mean of the two halves' (wrk reports percentiles, not its histogram)."""
+    if figure == "tag_put":
+        return SequenceResult(sum(p.count for p in parts), sum(p.seconds for p in parts),
+                              [v for p in parts for v in p.latencies_ms]).as_dict()
+    if figure == "small_uploads":
+        errors = [p.first_error for p in parts if p.first_error]
+        return UploadsResult(sum(p.count for p in parts), sum(p.seconds for p in parts),
+                             sum(p.errors for p in parts), errors[0] if errors else None).as_dict()
+    requests = sum(p.requests for p in parts)
+    seconds = sum(p.requests / p.requests_per_s for p in parts if p.requests_per_s)
+    latency = {key: statistics.mean(p.latency_ms[key] for p in parts) for key in parts[0].latency_ms}
+    socket_errors = {key: sum(p.socket_errors[key] for p in parts) for key in parts[0].socket_errors}
+    merged = WrkResult(requests / seconds if seconds else 0.0, requests, latency, socket_errors,
+                       sum(p.non_2xx for p in parts))
+    return wrk_result(merged)
+
+
 def rate_rounds(targets: list[Target], plan: Plan, figures: list[str], image: Image) -> RateResults:
     results = RateResults()
     paths = wrk_paths(image)
     run_id = os.urandom(4).hex()
-    for number in range(plan.rounds + 1):
+    for number in range(plan.rate_rounds + 1):
         warm = number == 0
-        progress("warm-up round (discarded)" if warm else f"round {number}/{plan.rounds}")
+        progress("warm-up round (discarded)" if warm else f"round {number}/{plan.rate_rounds}")
         for figure in figures:
             # Made before the clock starts, the same for both registries.
             uploads = small_blobs(f"{run_id} {number}", plan.uploads, plan.upload_size) if figure == "small_uploads" else []
-            for target in alternate(targets, number):
+            halves: dict[str, list] = {target.name: [] for target in targets}
+            for target, half in mirrored(targets, number):
                 os.sync()
                 if figure in paths:
                     path, headers = paths[figure]
-                    seconds = plan.warmup_duration if warm else plan.duration
-                    result = wrk_result(run_wrk(target.port, path, seconds, headers))
+                    seconds = max(1, round((plan.warmup_duration if warm else plan.duration) / 2))  # wrk: whole s
+                    part = run_wrk(target.port, path, seconds, headers)
                 elif figure == "tag_put":
-                    tags = [f"{run_id}-{number}-{index}" for index in range(plan.tag_puts)]
-                    result = tag_puts(target.port, TAG_PUT_REPO, image.manifest, tags).as_dict()
+                    tags = [f"{run_id}-{number}-{half}-{index}" for index in range(plan.tag_puts // 2)]
+                    part = tag_puts(target.port, TAG_PUT_REPO, image.manifest, tags)
                 else:
-                    result = small_uploads(target.port, UPLOADS_REPO, uploads, plan.upload_threads).as_dict()
+                    share = uploads[half::2]
+                    part = small_uploads(target.port, UPLOADS_REPO, share, plan.upload_threads)
+                halves[target.name].append(part)
+            for target in alternate(targets, number):
+                result = combine(figure, halves[target.name])
                 results.add(target.name, figure, number, result)
                 progress(f"  {figure:<16} {target.name:<9} {describe(result)}")
     return results
@@ -240,6 +283,39 @@ def describe(result: dict) -> str:
 # --- The table ----------------------------------------------------------------------------------------------
 
 
+STABILITY = 0.10  # a request-rate goal holds when the median meets it and the worst round is within 10% of it
+
+
+@dataclass(frozen=True)
+class Check:
+    """A goal on the ratio (dockyard / reference) or on Dockyard's own value: at least or at most `threshold`."""
+
+    threshold: float
+    judges: str  # "ratio" or "value"
+    higher_is_better: bool
+
+    def __call__(self, value: float | None, ratio_: float | None) -> bool:
+        judged = ratio_ if self.judges == "ratio" else value
+        if judged is None:
+            return False
+        return judged >= self.threshold if self.higher_is_better else judged <= self.threshold
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """The per-round values behind a row, both registries measured back to back in each round."""
+
+    dockyard: tuple[float, ...]
+    reference: tuple[float, ...] = ()
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Per-round ratios, when both sides have one value per round."""
+        if len(self.dockyard) != len(self.reference):
+            return ()
+        return tuple(d / r for d, r in zip(self.dockyard, self.reference) if r)
+
+
 @dataclass(frozen=True)
 class Row:
     label: str
@@ -248,10 +324,23 @@ class Row:
     reference: float | None
     goal: str = ""  # how it reads in the table
     check: Callable[[float | None, float | None], bool] | None = None  # (dockyard value, ratio) -> met?
+    rounds: Rounds | None = None  # per-round values: shown as min-max; the ratio is then the median of per-round ratios
+    stable: bool = False  # judge by the median-of-rounds rule (STABILITY)
+    show_ratio: bool = True
 
     @property
     def ratio(self) -> float | None:
+        if not self.show_ratio:
+            return None
+        if self.rounds is not None and self.rounds.ratios:
+            return median(list(self.rounds.ratios))
         return ratio(self.dockyard, self.reference)
+
+    def judged_rounds(self) -> tuple[float, ...]:
+        """What the goal judges, round by round (ratios or Dockyard's values)."""
+        if self.rounds is None or not isinstance(self.check, Check):
+            return ()
+        return self.rounds.ratios if self.check.judges == "ratio" else self.rounds.dockyard
 
     @property
     def met(self) -> str:
@@ -259,15 +348,38 @@ class Row:
             return ""
         if self.dockyard is None:
             return "-"
-        return "yes" if self.check(self.dockyard, self.ratio) else "NO"
+        if not self.check(self.dockyard, self.ratio):
+            return "NO"
+        judged = self.judged_rounds()
+        if self.stable and judged:
+            middle = median(list(judged))
+            worst = min(judged) if self.check.higher_is_better else max(judged)
+            if abs(worst - middle) > STABILITY * abs(middle):
+                return "NO (unstable)"
+        return "yes"
 
 
-def at_least(times: float) -> tuple[str, Callable]:
-    return f">= {times:g}x", lambda value, r: r is not None and r >= times
+def at_least(times: float) -> tuple[str, Check]:
+    return f">= {times:g}x", Check(times, "ratio", True)
 
 
-def at_most(times: float) -> tuple[str, Callable]:
-    return f"<= {times:g}x", lambda value, r: r is not None and r <= times
+def at_most(times: float) -> tuple[str, Check]:
+    return f"<= {times:g}x", Check(times, "ratio", False)
+
+
+def value_at_least(threshold: float, unit: str) -> tuple[str, Check]:
+    return f">= {threshold:g}{unit}", Check(threshold, "value", True)
+
+
+def value_at_most(threshold: float, unit: str) -> tuple[str, Check]:
+    return f"<= {threshold:g}{unit}", Check(threshold, "value", False)
+
+
+def spread(values: tuple[float, ...]) -> str:
+    """min-max of a row's rounds, as the table shows it."""
+    if len(values) < 2:
+        return ""
+    return f"{cell(min(values))}-{cell(max(values))}"
 
 
 def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan, figures: list[str]) -> list[Row]:
@@ -275,17 +387,29 @@ def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan,
     size = format_size(plan.blob_size)
     if blob_results:
         by_name = {r.target.name: r for r in blob_results}
+        machine = blobs.round_limits(blob_results)
 
-        def mb(figure: str) -> list[float | None]:
-            return [by_name[n].median_mb_per_s(figure) if figure in by_name[n].rounds else None for n in REGISTRIES]
+        def blob_rounds(figure: str) -> Rounds:
+            return Rounds(*(tuple(m.mb_per_s for m in by_name[n].rounds[figure]) for n in REGISTRIES))
 
         labels = {"push_monolithic": (f"{size} push, monolithic", at_least(3)),
                   "push_chunked": (f"{size} push, {format_size(plan.chunk)} PATCH chunks", at_least(3)),
-                  "pull": (f"{size} pull, direct", at_least(1)),
+                  "pull": (f"{size} pull, direct, first after the push", at_least(1)),
+                  "pull_again": (f"{size} pull, direct, again", at_least(1)),
                   "pull_proxy": (f"{size} pull, through nginx", at_least(1))}
         for figure, (label, (goal, check)) in labels.items():
-            if figure in by_name["dockyard"].rounds and (figure in figures or figure == "pull_proxy"):
-                rows.append(Row(label, "MB/s", *mb(figure), goal, check))
+            measured_with_pull = figure in ("pull_proxy", "pull_again")
+            if figure in by_name["dockyard"].rounds and (figure in figures or measured_with_pull):
+                values = blob_rounds(figure)
+                rows.append(Row(label, "MB/s", median(list(values.dockyard)), median(list(values.reference)), goal,
+                                check, values))
+                if machine is not None and figure in blobs.PUSH_FIGURES:
+                    name, lowest = machine.lowest
+                    percent = Rounds(tuple(100 * v / lowest for v in values.dockyard),
+                                     tuple(100 * v / lowest for v in values.reference))
+                    rows.append(Row(f"  % of the lowest limit ({name}, {lowest:.0f} MB/s)", "%",
+                                    median(list(percent.dockyard)), median(list(percent.reference)),
+                                    *value_at_least(60, "%"), percent, show_ratio=False))
     if rates:
         labels = {
             "manifest_tag": "manifest GET by tag",
@@ -299,16 +423,18 @@ def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan,
         goals = {"manifest_tag": at_least(4), "manifest_digest": at_least(4), "tag_put": at_least(3),
                  "tags_list": at_least(5), "tags_page": at_least(20), "catalog": at_least(20),
                  "small_uploads": at_least(2)}
+        p99_goals = {"manifest_tag": at_most(0.25), "manifest_digest": at_most(0.25)}
         units = {"tag_put": "PUT/s", "small_uploads": "uploads/s"}
         for figure, label in labels.items():
             if figure not in figures:
                 continue
-            values = [rates.median(n, figure, "per_s") for n in REGISTRIES]
-            rows.append(Row(label, units.get(figure, "req/s"), *values, *goals[figure]))
+            values = rates.paired(figure, "per_s")
+            rows.append(Row(label, units.get(figure, "req/s"), median(list(values.dockyard)),
+                            median(list(values.reference)), *goals[figure], values, stable=True))
             if figure != "small_uploads":
-                p99 = [rates.median(n, figure, "p99_ms") for n in REGISTRIES]
-                goal = at_most(0.25) if figure == "manifest_tag" else ("", None)
-                rows.append(Row(f"  {label}, p99", "ms", *p99, *goal))
+                p99 = rates.paired(figure, "p99_ms")
+                rows.append(Row(f"  {label}, p99", "ms", median(list(p99.dockyard)), median(list(p99.reference)),
+                                *p99_goals.get(figure, ("", None)), p99, stable=True))
             errors = [rates.total(n, figure, "errors") for n in REGISTRIES]
             if figure == "small_uploads" or any(errors):
                 rows.append(Row(f"  {label}, errors", "count", *errors, "0", lambda value, r: value == 0))
@@ -320,7 +446,7 @@ def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan,
             return None if None in peaks else max(peaks) / (1 << 20)
 
         rows.append(Row(f"peak RSS per process, {size} push", "MiB", worst("dockyard", "peak_process"),
-                        worst("reference", "peak_process"), "<= 80 MiB", lambda value, r: value <= 80))
+                        worst("reference", "peak_process"), *value_at_most(80, " MiB")))
         rows.append(Row("  the same process before the push", "MiB", worst("dockyard", "first_process"),
                         worst("reference", "first_process")))
     return rows
@@ -328,13 +454,17 @@ def table_rows(blob_results: list | None, rates: RateResults | None, plan: Plan,
 
 def format_table(rows: list[Row]) -> str:
     width = max(len(row.label) for row in rows)
-    header = f"{'figure':<{width}}  {'unit':<9}{'dockyard':>10}{'reference':>11}{'ratio':>8}  {'goal':<11}met"
+    header = (f"{'figure':<{width}}  {'unit':<9}{'dockyard':>9} {'(min-max)':<12}{'reference':>9} {'(min-max)':<12}"
+              f"{'ratio':>6} {'(min-max)':<12}{'goal':<11}met")
     lines = [header, "-" * len(header)]
     for row in rows:
         show = (lambda v: "-" if v is None else f"{v:.0f}") if row.unit == "count" else cell
+        rounds = row.rounds or Rounds(())
+        ratios = rounds.ratios if row.show_ratio else ()
         lines.append(
-            f"{row.label:<{width}}  {row.unit:<9}{show(row.dockyard):>10}{show(row.reference):>11}"
-            f"{cell(row.ratio):>8}  {row.goal:<11}{row.met}".rstrip()
+            f"{row.label:<{width}}  {row.unit:<9}{show(row.dockyard):>9} {spread(rounds.dockyard):<12}"
+            f"{show(row.reference):>9} {spread(rounds.reference):<12}{cell(row.ratio):>6} {spread(ratios):<12}"
+            f"{row.goal:<11}{row.met}".rstrip()
         )
     return "\n".join(lines)
 
@@ -407,7 +537,7 @@ def run(args: argparse.Namespace) -> int:
         if BLOB_FIGURES[0] in figures:
             progress(f"writing the {format_size(plan.blob_size)} payload")
             payload = stack.enter_context(blobs.payload_file(workdir / "payload", plan.blob_size))
-            blob_results = blobs.run_rounds(targets, payload, plan.rounds, plan.chunk, proxies)
+            blob_results = blobs.run_rounds(targets, payload, plan.rounds, plan.chunk, proxies, limits_in=workdir)
         if rate_figures:
             rates = rate_rounds(targets, plan, rate_figures, image)
         load_end = load_average()
@@ -424,10 +554,16 @@ def report(args: argparse.Namespace, plan: Plan, figures: list[str], started_at:
     print()
     print(f"python bench/run.py {' '.join(sys.argv[1:])}".rstrip() + f"    ({started_at})")
     print(f"nproc {nproc()}; load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at end")
-    print(f"median of {plan.rounds} round(s) after 1 discarded warm-up, the two registries alternating; "
-          f"wrk {WRK_THREADS} threads {WRK_CONNECTIONS} connections {plan.duration:g} s; 1 MB = 10^6 bytes; "
-          "ratio = dockyard / reference\n")
+    print(f"median (min-max) of {plan.rounds} blob round(s) and {plan.rate_rounds} request-rate round(s), each after "
+          f"1 discarded warm-up; blob rounds alternate the registries, a request-rate round measures each registry "
+          f"twice in mirrored order (A B B A), half the work each time; wrk {WRK_THREADS} threads {WRK_CONNECTIONS} "
+          f"connections, 2 x {max(1, round(plan.duration / 2))} s; 1 MB = 10^6 bytes; ratio = median of the "
+          "per-round dockyard / reference; a request-rate goal is met when the median meets it and the worst round "
+          f"is within {STABILITY:.0%} of the median\n")
     print(format_table(rows))
+    if blob_results and (machine := blobs.round_limits(blob_results)):
+        print(f"\nmachine, median of {len(blob_results[0].limits)} blob round(s): {limits.describe(machine)}; "
+              f"lowest: {machine.lowest[0]}")
     for note in notes.values():
         print(f"note: {note}")
     if args.json:
@@ -438,6 +574,8 @@ def report(args: argparse.Namespace, plan: Plan, figures: list[str], started_at:
             "table": [{"figure": r.label.strip(), "unit": r.unit, "dockyard": r.dockyard, "reference": r.reference,
                        "ratio": r.ratio, "goal": r.goal, "met": r.met} for r in rows],
             "blobs": {r.target.name: blobs.figures_json(r) for r in blob_results or []},
+            "limits_median_mb_per_s": (m.as_dict() if blob_results and (m := blobs.round_limits(blob_results))
+                                       else None),
             "rates": {"rounds": rates.rounds, "warmup": rates.warmup} if rates else None,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
@@ -448,10 +586,13 @@ def report(args: argparse.Namespace, plan: Plan, figures: list[str], started_at:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="reduced run: 128 MiB blobs, 1 round, 3 s wrk runs, fewer PUTs and uploads")
+                        help="reduced run: 128 MiB blobs, 1 blob round, 3 rate rounds of 4 s wrk, fewer PUTs and uploads")
     parser.add_argument("--only", help=f"comma-separated figures: blobs, {', '.join(ALL_FIGURES)}")
-    parser.add_argument("--rounds", type=int, help="timed rounds after one warm-up (default 3, --quick 1)")
-    parser.add_argument("--duration", type=float, help="seconds per wrk measurement (default 10, --quick 3)")
+    parser.add_argument("--rounds", type=int, help="timed blob rounds after one warm-up (default 3, --quick 1)")
+    parser.add_argument("--rate-rounds", type=int,
+                        help="timed request-rate rounds after one warm-up (default 5, --quick 3)")
+    parser.add_argument("--duration", type=float,
+                        help="seconds of wrk per figure, registry and round, in two halves (default 10, --quick 4)")
     parser.add_argument("--size", type=parse_size, help="blob size (default 1GiB, --quick 128MiB)")
     parser.add_argument("--chunk", type=parse_size, default="8MiB", help="PATCH size of the chunked push")
     parser.add_argument("--dockyard-cmd", default=DOCKYARD_CMD,
@@ -461,6 +602,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.rate_rounds is not None and args.rate_rounds < 1:
+        parser.error("--rate-rounds must be at least 1")
     if args.duration is not None and args.duration < 1:
         parser.error("--duration must be at least 1 second")
     return args

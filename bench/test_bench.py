@@ -149,3 +149,144 @@ def test_the_reference_on_s3_gets_an_s3_storage_block_in_place_of_the_filesystem
     assert '    secretkey: "se\\"cret"\n' in text and '    bucket: "bucket-1"\n' in text
     assert "  redirect:\n    disable: true\n" in text and "chunksize: 8388608" in text
     assert "  cache:\n    blobdescriptor: inmemory\n" in text and "  delete:\n    enabled: true\n" in text
+
+
+# --- issue 18: the median-of-rounds rule, the machine's limits, the concurrency benchmark ------------------------
+
+
+def test_a_rate_goal_holds_when_the_median_meets_it_and_the_worst_round_is_within_ten_percent():
+    goal, check = run.at_least(4)
+    steady = run.Rounds((400.0, 420.0, 410.0, 405.0, 415.0), (100.0,) * 5)
+    row = run.Row("x", "req/s", 410.0, 100.0, goal, check, steady, stable=True)
+    assert row.ratio == 4.1 and row.met == "yes"
+    shaky = run.Rounds((400.0, 420.0, 410.0, 340.0, 415.0), (100.0,) * 5)  # 3.4 is 17% below the median 4.1
+    assert run.Row("x", "req/s", 410.0, 100.0, goal, check, shaky, stable=True).met == "NO (unstable)"
+    assert run.Row("x", "req/s", 410.0, 100.0, goal, check, shaky).met == "yes"  # blob rows: the median alone
+    low = run.Rounds((390.0,) * 5, (100.0,) * 5)
+    assert run.Row("x", "req/s", 390.0, 100.0, goal, check, low, stable=True).met == "NO"
+
+
+def test_an_at_most_goal_judges_the_worst_round_as_the_highest():
+    goal, check = run.at_most(0.25)
+    p99 = run.Rounds((20.0, 21.0, 20.0, 26.0, 20.0), (100.0,) * 5)  # median 0.20, worst 0.26 is 30% above
+    assert run.Row("x", "ms", 20.0, 100.0, goal, check, p99, stable=True).met == "NO (unstable)"
+    p99 = run.Rounds((20.0, 21.0, 20.0, 21.5, 20.0), (100.0,) * 5)
+    assert run.Row("x", "ms", 20.0, 100.0, goal, check, p99, stable=True).met == "yes"
+
+
+def test_the_ratio_is_the_median_of_per_round_ratios_and_the_table_shows_min_max():
+    rounds = run.Rounds((100.0, 300.0, 200.0), (100.0, 100.0, 50.0))
+    assert rounds.ratios == (1.0, 3.0, 4.0)
+    row = run.Row("x", "req/s", 200.0, 100.0, *run.at_least(1), rounds, stable=True)
+    assert row.ratio == 3.0
+    table = run.format_table([row])
+    assert "100-300" in table and "50-100" in table and "1.00-4.00" in table
+
+
+def test_a_fraction_of_the_limit_is_judged_on_dockyards_own_value():
+    goal, check = run.value_at_least(60, "%")
+    assert goal == ">= 60%"
+    assert run.Row("x", "%", 61.0, 20.0, goal, check, show_ratio=False).met == "yes"
+    assert run.Row("x", "%", 59.0, 20.0, goal, check, show_ratio=False).met == "NO"
+    assert run.Row("x", "%", 61.0, 20.0, goal, check, show_ratio=False).ratio is None
+
+
+def test_the_lowest_limit_takes_the_faster_way_of_each_and_the_slowest_of_the_three():
+    import limits
+
+    measured = limits.Limits(sha256_hashlib=1200.0, sha256_resumable=1300.0, write_page_cache=350.0,
+                             write_direct=1500.0, loopback=3000.0)
+    assert measured.sha256 == 1300.0 and measured.write == 1500.0
+    assert measured.lowest == ("sha256", 1300.0)
+    assert limits.fraction(650.0, measured) == 0.5
+    no_direct = limits.Limits(1200.0, None, 350.0, None, 3000.0)
+    assert no_direct.lowest == ("fsync'd write", 350.0)
+    middle = limits.median_limits([measured, no_direct, limits.Limits(1000.0, 1100.0, 400.0, 1700.0, 2000.0)])
+    assert middle.sha256_hashlib == 1200.0 and middle.write_direct == 1600.0 and middle.loopback == 3000.0
+    assert limits.median_limits([]) is None
+
+
+def test_concurrency_levels_parse_and_refuse_nonsense():
+    import argparse
+
+    import concurrency
+
+    assert concurrency.parse_levels("10,50,50/50,200,200") == ((10, 50, 50), (50, 200, 200))
+    with pytest.raises(argparse.ArgumentTypeError):
+        concurrency.parse_levels("10,50")
+    assert concurrency.rotate(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert concurrency.rotate(["a", "b", "c"], 3) == ["a", "b", "c"]
+
+
+def _sample(target, pull_mb, manifest_p99, errors=0):
+    import concurrency
+
+    classes = {c: {"operations": 1, "per_s": 1.0, "mb_per_s": 1.0, "errors": 0, "messages": [], "p50_ms": 1.0,
+                   "p99_ms": 2.0} for c in ("pushers", "pullers", "readers")}
+    classes["pullers"] = classes["pullers"] | {"mb_per_s": pull_mb}
+    classes["readers"] = classes["readers"] | {"p99_ms": manifest_p99, "errors": errors}
+    return concurrency.Sample(target, 10.0, classes, 0.5, 0.9, 1.0, 0.2, 50.0, 200.0, 40, 30, 8)
+
+
+def test_concurrency_goals_are_pull_throughput_manifest_p99_and_no_errors():
+    import concurrency
+
+    by_target = {"dockyard": [_sample("dockyard", 500.0, 10.0), _sample("dockyard", 700.0, 30.0)],
+                 "reference": [_sample("reference", 400.0, 20.0), _sample("reference", 400.0, 25.0)],
+                 "ceiling": [_sample("ceiling", 900.0, 5.0)]}
+    lines = {line.label: line for line in concurrency.level_lines(by_target)}
+    assert lines["pullers: throughput"].values["dockyard"] == 600.0
+    assert lines["pullers: throughput"].met == "yes" and lines["pullers: throughput"].ratio == 1.5
+    assert lines["  manifest p99"].met == "yes"  # median 20 ms against the reference's 22.5
+    assert lines["errors, all classes, all rounds"].met == "yes"
+    by_target["dockyard"][1] = _sample("dockyard", 700.0, 30.0, errors=3)
+    by_target["dockyard"][0] = _sample("dockyard", 100.0, 40.0)
+    lines = {line.label: line for line in concurrency.level_lines(by_target)}
+    assert lines["errors, all classes, all rounds"].values["dockyard"] == 3
+    assert lines["errors, all classes, all rounds"].met == "NO"
+    assert lines["pullers: throughput"].met == "yes"  # median (100, 700) = 400 = the reference's
+    assert lines["  manifest p99"].met == "NO"
+    assert "ceiling" in concurrency.format_level((1, 2, 3), list(lines.values()))
+
+
+def test_load_generator_shares_clients_and_follows_only_the_path_of_a_location():
+    import loadgen
+
+    work = loadgen.Workload(1, "r", "t", "d", (), "p", pushers=5, pullers=0, readers=3, push_size=1 << 20,
+                            push_rate=1 << 20, seconds=1.0)
+    assert loadgen.shares(work, 2) == [{"pushers": 3, "pullers": 0, "readers": 2},
+                                       {"pushers": 2, "pullers": 0, "readers": 1}]
+    assert loadgen._path("http://example.com:5000/v2/r/blobs/uploads/u?_state=x") == "/v2/r/blobs/uploads/u?_state=x"
+    assert loadgen._path("/v2/r/blobs/uploads/u") == "/v2/r/blobs/uploads/u"
+    merged = loadgen.ClassResult(2, [1.0, 2.0], 10, 1, ["a"])
+    merged.merge(loadgen.ClassResult(1, [3.0], 5, 0, []))
+    assert (merged.operations, merged.latencies_ms, merged.bytes, merged.errors) == (3, [1.0, 2.0, 3.0], 15, 1)
+
+
+def test_the_nginx_set_up_is_sized_for_many_clients_and_serves_the_ceiling():
+    config = nginx_front.MAIN_CONFIG.format(prefix="/p", sites="", connections=nginx_front.WORKER_CONNECTIONS,
+                                            open_files=nginx_front.OPEN_FILES)
+    assert "worker_connections 16384;" in config and "worker_rlimit_nofile 65536;" in config
+    site = nginx_front.CEILING_SITE.format(listen="127.0.0.1:1", root="/static")
+    assert "root /static;" in site and "return 201;" in site and "return 202;" in site
+
+
+def test_a_rate_round_measures_each_registry_twice_in_mirrored_order():
+    a, b = object(), object()
+    assert run.mirrored([a, b], 1) == [(b, 0), (a, 0), (a, 1), (b, 1)]
+    assert run.mirrored([a, b], 2) == [(a, 0), (b, 0), (b, 1), (a, 1)]
+
+
+def test_two_halves_of_a_round_combine_into_one_result():
+    first = rates.parse_wrk(WRK_404)  # 984 requests at 936.2/s, p99 36.01 ms
+    second = rates.parse_wrk(WRK_SLOW)  # 1010 requests at 100.9/s, p99 1200 ms, 5 socket errors
+    combined = run.combine("manifest_tag", [first, second])
+    seconds = 984 / 936.2 + 1010 / 100.9
+    assert combined["per_s"] == pytest.approx(1994 / seconds)
+    assert combined["p99_ms"] == pytest.approx((36.01 + 1200.0) / 2)
+    assert combined["errors"] == 984 + 5
+    puts = run.combine("tag_put", [rates.SequenceResult(2, 1.0, [1.0, 2.0]), rates.SequenceResult(2, 3.0, [3.0, 9.0])])
+    assert puts["per_s"] == 1.0 and puts["p99_ms"] == 9.0
+    uploads = run.combine("small_uploads", [rates.UploadsResult(10, 1.0, 0, None),
+                                            rates.UploadsResult(10, 1.0, 2, "boom")])
+    assert uploads["per_s"] == 9.0 and uploads["errors"] == 2 and uploads["first_error"] == "boom"

@@ -44,6 +44,7 @@ from functools import partial
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 HEADER_MAX = 64 * 1024  # bytes of request line and headers (gunicorn's own limits apply too)
+HOUSEKEEPING_EVERY = 1.0  # seconds between two heartbeats to the arbiter (and two looks at the parent pid)
 DRAIN_BYTES = 16 * 1024 * 1024  # what is read and thrown away of a body the app did not read, at most
 DRAIN_SECONDS = 5.0
 LINGER_SECONDS, LINGER_BYTES = 2.0, 64 * 1024  # gunicorn's close_graceful's bounds, kept
@@ -100,6 +101,7 @@ class DockyardWorker(ThreadWorker):
         self.busy_light = 0
         self.header_timeout = 10.0
         self.body_timeout = 60.0
+        self._heartbeat_at = self._parent_checked_at = float("-inf")
 
     def init_process(self):
         self.light_pool = futures.ThreadPoolExecutor(max_workers=self.cfg.threads)
@@ -114,6 +116,23 @@ class DockyardWorker(ThreadWorker):
     def handle_quit(self, sig, frame):
         self.light_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+    # -- housekeeping: once a second, not once per event-loop turn ------------------------------------------
+
+    def notify(self):
+        """gthread's loop calls this (a utime(2) of the heartbeat file) on every turn, three times per request under
+        load; the arbiter only needs it once per `timeout` (120 s)."""
+        now = time.monotonic()
+        if now - self._heartbeat_at >= HOUSEKEEPING_EVERY:
+            self._heartbeat_at = now
+            super().notify()
+
+    def is_parent_alive(self):
+        now = time.monotonic()
+        if now - self._parent_checked_at < HOUSEKEEPING_EVERY:
+            return True
+        self._parent_checked_at = now
+        return super().is_parent_alive()
 
     def load_wsgi(self):
         """The timeouts are the app's settings (`header_timeout`, `body_timeout`): the app carries its config."""
@@ -147,12 +166,19 @@ class DockyardWorker(ThreadWorker):
 
     # -- request headers, read in the event loop ------------------------------------------------------------
 
-    def await_headers(self, conn) -> None:
-        conn.sock.setblocking(False)
+    def await_headers(self, conn, registered: bool = False) -> None:
+        """Wait in the loop for the request's headers; `registered`: the socket is already in the poller (as a
+        kept-alive connection), and only its callback changes."""
+        if not registered:
+            conn.sock.setblocking(False)
         conn.header_bytes = bytearray()
         conn.timeout = time.monotonic() + self.header_timeout
+        conn.awaiting_headers = True
         self.header_conns.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_header_bytes, conn))
+        if registered:
+            self.poller.modify(conn.sock, selectors.EVENT_READ, partial(self.on_header_bytes, conn))
+        else:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_header_bytes, conn))
 
     def on_header_bytes(self, conn, _sock) -> None:
         try:
@@ -164,6 +190,9 @@ class DockyardWorker(ThreadWorker):
         if not data:  # the client went away
             self._drop_header_conn(conn)
             return
+        self._take_header_bytes(conn, data)
+
+    def _take_header_bytes(self, conn, data: bytes) -> None:
         seen = len(conn.header_bytes)
         conn.header_bytes += data
         complete = conn.header_bytes.find(b"\r\n\r\n", max(0, seen - 3)) >= 0
@@ -173,15 +202,22 @@ class DockyardWorker(ThreadWorker):
         if complete or not_http or len(conn.header_bytes) >= HEADER_MAX:
             # Too long: the parser answers it (gunicorn's limit_request_* errors) from what arrived.
             self.poller.unregister(conn.sock)
-            self.header_conns.remove(conn)
+            if conn.awaiting_headers:
+                conn.awaiting_headers = False
+                self.header_conns.remove(conn)
             conn.has_body = _announces_body(conn.header_bytes)
             self.enqueue_req(conn)
+        elif not conn.awaiting_headers:  # more to come: wait for it in the loop
+            conn.awaiting_headers = True
+            self.header_conns.append(conn)
+            self.poller.modify(conn.sock, selectors.EVENT_READ, partial(self.on_header_bytes, conn))
 
     def _drop_header_conn(self, conn) -> None:
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
             pass
+        conn.awaiting_headers = False
         self.header_conns.remove(conn)
         self.nr_conns -= 1
         conn.close()
@@ -232,13 +268,29 @@ class DockyardWorker(ThreadWorker):
         TConn.close(conn)
 
     def on_client_socket_readable(self, conn, client):
-        """A kept-alive connection's next request: its headers too are read in the loop."""
-        self.poller.unregister(client)
+        """A kept-alive connection's next request: its headers too are read in the loop, at once (the socket is
+        readable: usually the whole request is there, and goes to a thread without another turn of the loop)."""
         self.keepalived_conns.remove(conn)
         if self.cfg.is_ssl or getattr(conn, "is_http2", False):
+            self.poller.unregister(client)
             self.enqueue_req(conn)
-        else:
-            self.await_headers(conn)
+            return
+        try:
+            data = conn.sock.recv(HEADER_MAX)
+        except (BlockingIOError, InterruptedError):
+            self.await_headers(conn, registered=True)
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed its kept-alive connection
+            self.poller.unregister(client)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.header_bytes = bytearray()
+        conn.timeout = time.monotonic() + self.header_timeout
+        conn.awaiting_headers = False
+        self._take_header_bytes(conn, data)
 
     def on_pending_socket_readable(self, conn, client):
         self.poller.unregister(client)
@@ -279,8 +331,13 @@ class DockyardWorker(ThreadWorker):
         """Whether the connection may serve another request. What the app left unread of the body is read and
         thrown away first, up to DRAIN_BYTES within DRAIN_SECONDS (so a client still sending can finish and read
         the answer); a body that is longer, or stalls, closes the connection."""
-        drained = bool(conn.parser.finish_body(deadline=time.monotonic() + DRAIN_SECONDS, max_bytes=DRAIN_BYTES))
-        return keepalive and drained
+        if not keepalive:
+            return False
+        body = getattr(conn.parser.mesg, "body", None)
+        reader = getattr(body, "reader", None)
+        if type(reader).__name__ == "LengthReader" and reader.length == 0 and not getattr(body, "failed", False):
+            return True  # nothing left to drain (every GET): no timeout to set and reset on the socket
+        return bool(conn.parser.finish_body(deadline=time.monotonic() + DRAIN_SECONDS, max_bytes=DRAIN_BYTES))
 
 
 def _announces_body(head: bytes) -> bool:
