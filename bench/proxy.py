@@ -36,30 +36,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import (HOST, BenchError, Target, alternate, cell, dockyard, format_size, free_port,  # noqa: E402
-                     load_average, main_guard, median, nproc, parse_size, progress, ratio, reference_registry,
-                     server_process)
+from harness import (HOST, REFERENCE_CONFIG, BenchError, Target, alternate, cell, dockyard, format_size,  # noqa: E402
+                     free_port, load_average, main_guard, median, nproc, parse_size, progress, ratio,
+                     reference_registry, server_process)
 from seed import DOCKER_ACCEPT, Connection, image_config  # noqa: E402
 
 REPOSITORY = "bench/proxied"
 PARALLEL_LAYERS = 3  # docker's max-concurrent-downloads
 READ = 1024 * 1024
 
-PROXY_CONFIG = """\
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: {addr}
+# The reference as the other benchmarks run it (harness.REFERENCE_CONFIG), in proxy mode.
+PROXY_CONFIG = REFERENCE_CONFIG + """\
 proxy:
   remoteurl: {remote}
 """

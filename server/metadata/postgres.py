@@ -655,29 +655,36 @@ class PostgresMetadata(Metadata):
             missing = missing_blobs + missing_children
             if missing:
                 raise ManifestBlobUnknown({"missing": missing})
-            cur.execute(
-                "WITH content AS (INSERT INTO manifest_content (digest, data) VALUES (%(d)s, %(data)s) "
-                "ON CONFLICT (digest) DO NOTHING) "
-                "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                "annotations, created_at) VALUES (%(r)s, %(d)s, %(media_type)s, %(size)s, %(artifact_type)s, "
-                "%(subject)s, %(annotations)s, %(now)s)",
-                {"r": repository_id, "d": manifest.digest, "data": manifest.data, "media_type": manifest.media_type,
-                 "size": len(manifest.data), "artifact_type": manifest.artifact_type, "subject": manifest.subject,
-                 "annotations": json.dumps(manifest.annotations) if manifest.annotations else None, "now": now})
-            if blobs or children:
-                cur.execute(
-                    "WITH refs AS (INSERT INTO manifest_references (repository_id, digest, child, kind) "
-                    "SELECT %(r)s, %(d)s, child, kind FROM unnest(%(children)s::TEXT[], %(kinds)s::TEXT[]) "
-                    "AS x(child, kind) ON CONFLICT DO NOTHING) "
-                    "UPDATE repository_blobs SET referenced = TRUE WHERE repository_id = %(r)s "
-                    "AND digest = ANY(%(blobs)s::TEXT[]) AND NOT referenced",
-                    {"r": repository_id, "d": manifest.digest, "children": blobs + children,
-                     "kinds": ["blob"] * len(blobs) + ["manifest"] * len(children), "blobs": blobs})
+            self._insert_manifest(cur, repository_id, manifest, blobs, children, now)
             if tag is not None:
                 self._set_tag(cur, repository_id, tag, manifest.digest, now)
             self._add_events(cur, events)
 
         self._write(body, gc=True)
+
+    @staticmethod
+    def _insert_manifest(cur, repository_id: int, manifest: NewManifest, blobs: list[str], children: list[str],
+                         now: float) -> None:
+        """A manifest new to the repository: its bytes (shared by digest), its row, what it names, and the links
+        of the blobs it names marked as used (garbage collection's grace period no longer covers them)."""
+        cur.execute(
+            "WITH content AS (INSERT INTO manifest_content (digest, data) VALUES (%(d)s, %(data)s) "
+            "ON CONFLICT (digest) DO NOTHING) "
+            "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+            "annotations, created_at) VALUES (%(r)s, %(d)s, %(media_type)s, %(size)s, %(artifact_type)s, "
+            "%(subject)s, %(annotations)s, %(now)s)",
+            {"r": repository_id, "d": manifest.digest, "data": manifest.data, "media_type": manifest.media_type,
+             "size": len(manifest.data), "artifact_type": manifest.artifact_type, "subject": manifest.subject,
+             "annotations": json.dumps(manifest.annotations) if manifest.annotations else None, "now": now})
+        if blobs or children:
+            cur.execute(
+                "WITH refs AS (INSERT INTO manifest_references (repository_id, digest, child, kind) "
+                "SELECT %(r)s, %(d)s, child, kind FROM unnest(%(children)s::TEXT[], %(kinds)s::TEXT[]) "
+                "AS x(child, kind) ON CONFLICT DO NOTHING) "
+                "UPDATE repository_blobs SET referenced = TRUE WHERE repository_id = %(r)s "
+                "AND digest = ANY(%(blobs)s::TEXT[]) AND NOT referenced",
+                {"r": repository_id, "d": manifest.digest, "children": blobs + children,
+                 "kinds": ["blob"] * len(blobs) + ["manifest"] * len(children), "blobs": blobs})
 
     @staticmethod
     def _set_tag(cur, repository_id: int, tag: str, digest: str, now: float) -> None:
@@ -1047,25 +1054,7 @@ class PostgresMetadata(Metadata):
             cur.execute("SELECT 1 FROM manifests WHERE repository_id = %s AND digest = %s",
                         (repository_id, manifest.digest))
             if cur.fetchone() is None:
-                cur.execute(
-                    "WITH content AS (INSERT INTO manifest_content (digest, data) VALUES (%(d)s, %(data)s) "
-                    "ON CONFLICT (digest) DO NOTHING) "
-                    "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                    "annotations, created_at) VALUES (%(r)s, %(d)s, %(media_type)s, %(size)s, %(artifact_type)s, "
-                    "%(subject)s, %(annotations)s, %(now)s)",
-                    {"r": repository_id, "d": manifest.digest, "data": manifest.data,
-                     "media_type": manifest.media_type, "size": len(manifest.data),
-                     "artifact_type": manifest.artifact_type, "subject": manifest.subject,
-                     "annotations": json.dumps(manifest.annotations) if manifest.annotations else None, "now": now})
-                if blobs or children:
-                    cur.execute(
-                        "WITH refs AS (INSERT INTO manifest_references (repository_id, digest, child, kind) "
-                        "SELECT %(r)s, %(d)s, child, kind FROM unnest(%(children)s::TEXT[], %(kinds)s::TEXT[]) "
-                        "AS x(child, kind) ON CONFLICT DO NOTHING) "
-                        "UPDATE repository_blobs SET referenced = TRUE WHERE repository_id = %(r)s "
-                        "AND digest = ANY(%(blobs)s::TEXT[]) AND NOT referenced",
-                        {"r": repository_id, "d": manifest.digest, "children": blobs + children,
-                         "kinds": ["blob"] * len(blobs) + ["manifest"] * len(children), "blobs": blobs})
+                self._insert_manifest(cur, repository_id, manifest, blobs, children, now)
             if tag is not None:
                 self._set_tag(cur, repository_id, tag, manifest.digest, now)
                 cur.execute(CONFIRM_TAG, (repository, tag, now))

@@ -372,22 +372,28 @@ class SqliteMetadata(Metadata):
                     missing.append(digest)
             if missing:
                 raise ManifestBlobUnknown({"missing": missing})
-            conn.execute("INSERT OR IGNORE INTO manifest_content (digest, data) VALUES (?, ?)",
-                         (manifest.digest, manifest.data))
-            conn.execute(
-                "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
-                 manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
-            conn.executemany(
-                "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) VALUES (?, ?, ?, ?)",
-                [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
-                + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
-            conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
-                             [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])
+            self._insert_manifest(conn, repository_id, manifest, now)
             if tag is not None:
                 self._set_tag(conn, repository_id, tag, manifest.digest, now)
             self._add_events(conn, events)
+
+    @staticmethod
+    def _insert_manifest(conn: sqlite3.Connection, repository_id: int, manifest: NewManifest, now: float) -> None:
+        """A manifest new to the repository: its bytes (shared by digest), its row, what it names, and the links
+        of the blobs it names marked as used (garbage collection's grace period no longer covers them)."""
+        conn.execute("INSERT OR IGNORE INTO manifest_content (digest, data) VALUES (?, ?)",
+                     (manifest.digest, manifest.data))
+        conn.execute(
+            "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+            "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
+             manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
+        conn.executemany(
+            "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) VALUES (?, ?, ?, ?)",
+            [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
+            + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
+        conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
+                         [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])
 
     @staticmethod
     def _set_tag(conn: sqlite3.Connection, repository_id: int, tag: str, digest: str, now: float) -> None:
@@ -694,19 +700,7 @@ class SqliteMetadata(Metadata):
             repository_id = self._ensure_repository(conn, repository)
             if not conn.execute("SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
                                 (repository_id, manifest.digest)).fetchone():
-                conn.execute("INSERT OR IGNORE INTO manifest_content (digest, data) VALUES (?, ?)",
-                             (manifest.digest, manifest.data))
-                conn.execute(
-                    "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                    "annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (repository_id, manifest.digest, manifest.media_type, len(manifest.data), manifest.artifact_type,
-                     manifest.subject, json.dumps(manifest.annotations) if manifest.annotations else None, now))
-                conn.executemany(
-                    "INSERT OR IGNORE INTO manifest_references (repository_id, digest, child, kind) "
-                    "VALUES (?, ?, ?, ?)", [(repository_id, manifest.digest, d, "blob") for d in manifest.blobs]
-                    + [(repository_id, manifest.digest, d, "manifest") for d in manifest.manifests])
-                conn.executemany("UPDATE repository_blobs SET referenced = 1 WHERE repository_id = ? AND digest = ?",
-                                 [(repository_id, d) for d in dict.fromkeys(manifest.blobs)])
+                self._insert_manifest(conn, repository_id, manifest, now)
             if tag is not None:
                 self._set_tag(conn, repository_id, tag, manifest.digest, now)
                 conn.execute("INSERT INTO cache_tags (repository, tag, checked_at) VALUES (?, ?, ?) "
