@@ -142,7 +142,15 @@ def latencies(log_path: Path, offset: int) -> tuple[list[float], dict[str, list[
 
 
 def tree_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    """Bytes of the files under `path`; a file garbage collection or a commit removes meanwhile counts 0."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def percentile(values: list[float], fraction: float) -> float:
