@@ -1,9 +1,9 @@
 """An event receiver for the tests: a small real HTTP server that records every request it gets.
 
-It answers `status` (200 unless a test says otherwise), checks the HMAC signature of every request when given the
-shared secret (a mismatch is recorded and answered 401), and can be stopped and started again on the same port
-(an endpoint that is down for a while). `events()` flattens what arrived: Distribution envelopes into their
-events, CloudEvents (one per request, or a batch) into theirs.
+It answers `status` (200 unless a test says otherwise; a 3xx with `location` when set), checks the HMAC signature
+of every request when given the shared secret (a mismatch is recorded and answered 401), and can be stopped and
+started again on the same port (an endpoint that is down for a while). `events()` flattens what arrived:
+Distribution envelopes into their events, CloudEvents (one per request, or a batch) into theirs.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Receiver:
         self.signature_header = signature_header.lower()
         self.status = 200
         self.delay = 0.0
+        self.location: str | None = None  # the Location of a 3xx answer
         self.received: list[Received] = []
         self.refused = 0  # requests answered with a failure status
         self._lock = threading.Lock()
@@ -78,6 +79,8 @@ class Receiver:
                     else:
                         receiver.refused += 1
                 self.send_response(status)
+                if receiver.location and 300 <= status < 400:
+                    self.send_header("Location", receiver.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

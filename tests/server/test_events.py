@@ -8,6 +8,7 @@ With `--metadata=postgresql` every test runs on PostgreSQL too.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
@@ -270,6 +271,128 @@ def test_two_nodes_share_the_outbox_and_send_each_event_once(make_app, receiver,
     for repository in {e["target"]["repository"] for e in events}:
         tags = [int(e["target"]["tag"][1:]) for e in events if e["target"]["repository"] == repository]
         assert tags == sorted(tags)
+
+
+# -- the request: extra headers, credentials, timeouts, redirects --------------------------------------------------
+
+def counting_posts(app) -> list[float]:
+    """Wrap the sender's POST: the monotonic time of each request it makes, whatever the receiver records."""
+    posts: list[float] = []
+    post = app.registry.notifications.post
+
+    def counting(*args):
+        posts.append(time.monotonic())
+        return post(*args)
+    counting.close = post.close  # the registry closes its connections at the end
+    app.registry.notifications.post = counting
+    return posts
+
+
+def test_an_endpoint_s_extra_headers_go_with_every_request(make_app, receiver, clock):
+    """A first try, its retry, the next queued event and a pull batch: each request carries the extra headers, next
+    to the content type and signature Dockyard sets."""
+    headers = {"X-Team": "platform", "Authorization": "Bearer t0ken", "X-Empty": ""}
+    app, client = make_app(endpoint(receiver, headers=headers, actions=["push", "pull"], media_types=[OCI_MANIFEST],
+                                    batch=1, backoff=5))
+    push_image(client, "team/app", "v1")
+    push_image(client, "team/app", "v2", layer=b"second")
+    receiver.status = 500
+    assert app.registry.deliver_events() == 0 and receiver.refused == 1
+    receiver.status = 200
+    clock.now += 5
+    assert deliver_all(app) == 2  # v1 retried, then v2
+    client.get("/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert app.registry.notifications.flush_pulls() == 1
+    requests = receiver.requests()
+    assert [wire(r.events()) for r in requests] == [
+        [("push", "team/app", "v1")], [("push", "team/app", "v2")], [("pull", "team/app", "v1")]]
+    for request in requests:
+        assert (request.headers.get("x-team"), request.headers.get("authorization"), request.headers.get("x-empty")) \
+            == ("platform", "Bearer t0ken", "")
+        assert request.content_type == DISTRIBUTION_MEDIA_TYPE and request.signature_ok
+
+
+@pytest.mark.parametrize("settings", [
+    {"headers": {"content-type": "text/plain"}},
+    {"headers": {"CONTENT-LENGTH": "0"}},
+    {"headers": {"Host": "elsewhere.example"}},
+    {"headers": {"x-dockyard-signature": "sha256=00"}},  # the default signature header, in any case
+    {"headers": {"X-Dockyard-Signature": "sha256=00"}, "secret": ""},  # reserved even when nothing is signed
+    {"headers": {"X-Hub-Signature-256": "sha256=00"}, "signature_header": "x-hub-signature-256"},
+])
+def test_extra_headers_cannot_replace_the_content_type_the_framing_or_the_signature(tmp_path, settings):
+    entry = {"name": "a", "url": "http://x/", "secret": "s3cret", **settings}
+    with pytest.raises(ConfigError, match=re.escape("notifications[0] (a).headers: ")):
+        Config(data=str(tmp_path), notifications=(entry,))
+
+
+@pytest.mark.parametrize("userinfo,credentials", [
+    ("bot:pa55word", "bot:pa55word"),
+    ("bot:p%40ss%3Aw0rd", "bot:p@ss:w0rd"),  # percent-encoded in the URL, decoded in the header
+    ("bot", "bot:"),
+])
+def test_credentials_in_the_url_are_sent_as_basic_auth(make_app, receiver, userinfo, credentials):
+    url = f"http://{userinfo}@127.0.0.1:{receiver.port}/events?team=app"
+    app, client = make_app({"name": "hook", "url": url, "secret": "s3cret", "actions": ["push"],
+                            "media_types": [OCI_MANIFEST], "batch": 1})
+    push_image(client, "team/app", "v1")
+    push_image(client, "team/app", "v2", layer=b"second")
+    assert deliver_all(app) == 2
+    requests = receiver.requests()
+    assert len(requests) == 2 and all(r.signature_ok for r in requests)
+    basic = "Basic " + base64.b64encode(credentials.encode()).decode()
+    for request in requests:
+        assert request.headers.get("authorization") == basic
+        assert request.path == "/events?team=app" and request.headers["host"] == f"127.0.0.1:{receiver.port}"
+    shown = client.get("/v2/_dockyard/events").json["endpoints"][0]["url"]
+    assert shown == url.replace(userinfo, "bot:***" if ":" in userinfo else userinfo)
+
+
+def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt_retried_later(make_app, receiver, clock):
+    app, client = make_app(endpoint(receiver, timeout=0.5, backoff=5, actions=["push"], media_types=[OCI_MANIFEST]))
+    posts = counting_posts(app)
+    push_image(client, "team/app", "v1")
+    receiver.delay = 2.5  # then it answers 200: too late, the sender has given up
+    started = time.monotonic()
+    assert app.registry.deliver_events() == 0
+    assert time.monotonic() - started < 2.0 and len(posts) == 1  # given up at the timeout, not at the answer
+    state = client.get("/v2/_dockyard/events").json["endpoints"][0]
+    assert (state["backlog"], state["retrying"], state["parked"], state["delivered"], state["last_success"]) == \
+        (1, 1, 0, 0, None)
+    assert "timed out" in state["last_error"] and state["last_failure"] == "2023-11-14T22:13:20Z"
+    receiver.delay = 0
+    clock.now += 4
+    assert app.registry.deliver_events() == 0 and len(posts) == 1  # not due before its backoff
+    clock.now += 1
+    assert deliver_all(app) == 1 and len(posts) == 2
+    state = client.get("/v2/_dockyard/events").json["endpoints"][0]
+    assert (state["backlog"], state["retrying"], state["delivered"], state["last_success"]) == \
+        (0, 0, 1, "2023-11-14T22:13:25Z")
+    # The slow receiver took the first request in the end: at least once, the same event with the same id.
+    events = receiver.wait_for(2, 10)
+    assert wire(events) == [("push", "team/app", "v1")] * 2 and events[0]["id"] == events[1]["id"]
+
+
+@pytest.mark.parametrize("status,reason", [
+    (301, "Moved Permanently"), (302, "Found"), (307, "Temporary Redirect"), (308, "Permanent Redirect")])
+def test_a_redirect_is_a_failure_not_a_delivery(make_app, receiver, clock, status, reason):
+    """Distribution counts a 3xx as delivered; Dockyard as a wrong URL: retried, and never followed."""
+    elsewhere = Receiver(secret="s3cret")
+    try:
+        app, client = make_app(endpoint(receiver, backoff=5, actions=["push"], media_types=[OCI_MANIFEST]))
+        push_image(client, "team/app", "v1")
+        receiver.status, receiver.location = status, elsewhere.url
+        assert app.registry.deliver_events() == 0 and receiver.refused == 1 and receiver.events() == []
+        assert elsewhere.events() == [] and elsewhere.refused == 0  # not followed either
+        state = client.get("/v2/_dockyard/events").json["endpoints"][0]
+        assert (state["backlog"], state["retrying"], state["delivered"], state["last_success"]) == (1, 1, 0, None)
+        assert state["last_error"] == f"HTTP {status} {reason}"
+        receiver.status = 200
+        clock.now += 5
+        assert deliver_all(app) == 1 and wire(receiver.events()) == [("push", "team/app", "v1")]
+        assert client.get("/v2/_dockyard/events").json["endpoints"][0]["delivered"] == 1
+    finally:
+        elsewhere.stop()
 
 
 # -- pulls, garbage collection, pruning ----------------------------------------------------------------------------
