@@ -377,7 +377,9 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def request_headers(endpoint: Endpoint, content_type: str, body: bytes) -> dict[str, str]:
-    headers = {"Content-Type": content_type, "User-Agent": "dockyard-notifications"}
+    headers = {"Content-Type": content_type}
+    if not any(name.lower() == "user-agent" for name, _ in endpoint.headers):  # theirs replaces ours, not repeats it
+        headers["User-Agent"] = "dockyard-notifications"
     headers.update(endpoint.headers)
     if endpoint.secret:
         headers[endpoint.signature_header] = signature(endpoint.secret, body)

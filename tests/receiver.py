@@ -23,6 +23,7 @@ class Received:
     headers: dict
     body: bytes
     signature_ok: bool | None  # None: no secret to check with
+    fields: tuple = ()  # (name, value) of every header line as sent, repeated names included
 
     @property
     def content_type(self) -> str:
@@ -75,7 +76,7 @@ class Receiver:
                 status = receiver.status if ok is not False else 401
                 with receiver._lock:
                     if status < 300:
-                        receiver.received.append(Received(self.path, headers, body, ok))
+                        receiver.received.append(Received(self.path, headers, body, ok, tuple(self.headers.items())))
                     else:
                         receiver.refused += 1
                 self.send_response(status)

@@ -290,8 +290,8 @@ def counting_posts(app) -> list[float]:
 
 def test_an_endpoint_s_extra_headers_go_with_every_request(make_app, receiver, clock):
     """A first try, its retry, the next queued event and a pull batch: each request carries the extra headers, next
-    to the content type and signature Dockyard sets."""
-    headers = {"X-Team": "platform", "Authorization": "Bearer t0ken", "X-Empty": ""}
+    to the content type and signature Dockyard sets; a User-Agent of theirs replaces Dockyard's, once."""
+    headers = {"X-Team": "platform", "Authorization": "Bearer t0ken", "X-Empty": "", "user-agent": "platform-hook/1"}
     app, client = make_app(endpoint(receiver, headers=headers, actions=["push", "pull"], media_types=[OCI_MANIFEST],
                                     batch=1, backoff=5))
     push_image(client, "team/app", "v1")
@@ -310,6 +310,7 @@ def test_an_endpoint_s_extra_headers_go_with_every_request(make_app, receiver, c
         assert (request.headers.get("x-team"), request.headers.get("authorization"), request.headers.get("x-empty")) \
             == ("platform", "Bearer t0ken", "")
         assert request.content_type == DISTRIBUTION_MEDIA_TYPE and request.signature_ok
+        assert [value for name, value in request.fields if name.lower() == "user-agent"] == ["platform-hook/1"]
 
 
 @pytest.mark.parametrize("settings", [
