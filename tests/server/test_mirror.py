@@ -469,6 +469,70 @@ def test_an_upstream_that_asks_for_credentials(tmp_path, make_cache, mode):
         guarded.registry.close()
 
 
+# -- auth rules on cached repositories -------------------------------------------------------------------------------
+
+def test_auth_rules_apply_to_cached_repositories_and_refused_callers_cost_the_upstream_nothing(tmp_path, upstream,
+                                                                                               up, make_cache):
+    import base64
+
+    from dockyard.middleware.htpasswd import hash_password, write_users
+
+    def basic(user: str, password: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    passwords = {"alice": "alice-pw", "bob": "bob-pw"}
+    write_users(tmp_path / "htpasswd", {user: hash_password(pw, rounds=4) for user, pw in passwords.items()})
+    auth = {"name": "auth", "options": {"htpasswd": str(tmp_path / "htpasswd"), "rules": [
+        {"users": ["alice"], "repositories": ["hub/*"], "actions": ["pull"]},
+        {"users": ["bob"], "repositories": ["team/*"], "actions": ["pull", "push"]}]}}
+    data, digest = push_image(up, "library/alpine", "3", layers=(b"alpine layer " * 500, b"second layer"))
+    client, app = make_cache(hub(upstream), middleware=(auth,))
+    alice, bob = basic("alice", passwords["alice"]), basic("bob", passwords["bob"])
+    layer = blobs_of(data)[-1]  # "second layer"
+    paths = ["/v2/hub/alpine/manifests/3", f"/v2/hub/alpine/manifests/{digest}", f"/v2/hub/alpine/blobs/{layer}",
+             "/v2/hub/alpine/tags/list", f"/v2/hub/alpine/referrers/{digest}"]
+
+    def refused() -> None:
+        for path in paths:
+            for method in ("GET",) if "/tags/" in path or "/referrers/" in path else ("GET", "HEAD"):
+                denied = client.request(path, method=method, headers={**ACCEPT, **bob}, expect_errors=True)
+                assert denied.status_int == 403, (method, path, denied.status)
+                if method == "GET":
+                    assert denied.json["errors"][0]["code"] == "DENIED"
+                challenged = client.request(path, method=method, headers=ACCEPT, expect_errors=True)
+                assert challenged.status_int == 401, (method, path, challenged.status)
+                assert challenged.headers["WWW-Authenticate"] == 'Basic realm="Dockyard"'
+                if method == "GET":
+                    assert challenged.json["errors"][0]["code"] == "UNAUTHORIZED"
+        # A wrong password is anonymous too (once: the failed-login throttle answers 429 after a few).
+        wrong = client.get(paths[0], headers={**ACCEPT, **basic("alice", "wrong")}, status=401)
+        assert wrong.json["errors"][0]["code"] == "UNAUTHORIZED"
+
+    # Nothing cached yet: a refused caller must not make the cache ask the upstream for anything.
+    refused()
+    assert upstream.requests == []
+    assert app.registry.catalog(10, None)[0] == []
+
+    # alice may: the image is pulled through, content verified.
+    got = client.get("/v2/hub/alpine/manifests/3", headers={**ACCEPT, **alice})
+    assert got.body == data and got.headers["Docker-Content-Digest"] == digest
+    assert got.headers["X-Dockyard-Cache"] == "miss"
+    for blob_digest in blobs_of(data):
+        blob = client.get(f"/v2/hub/alpine/blobs/{blob_digest}", headers=alice)
+        assert digest_of(blob.body) == blob_digest
+    assert client.get("/v2/_catalog", headers=alice).json["repositories"] == ["hub/alpine"]
+    fetched = len(upstream.requests)
+    assert fetched > 0
+
+    # Cached now: still refused to bob and to anonymous, and still not a single request upstream because of them.
+    refused()
+    assert len(upstream.requests) == fetched
+    assert client.get("/v2/_catalog", headers=bob).json["repositories"] == []
+    # alice's second pull is a hit; the refusals did not disturb the cache.
+    assert client.get("/v2/hub/alpine/manifests/3", headers={**ACCEPT, **alice}).headers["X-Dockyard-Cache"] == "hit"
+    assert client.get(f"/v2/hub/alpine/blobs/{layer}", headers=alice).body == b"second layer"
+
+
 # -- eviction --------------------------------------------------------------------------------------------------------
 
 def settle(timeout: float = 20) -> None:
