@@ -421,8 +421,17 @@ class Mirror:
         self._tag_lists: dict[str, tuple[float, list[str], int]] = {}
         self._tag_lock = threading.Lock()
         self._evicted_at: dict[str, float] = {}
+        self._tables_ready = False
 
     # -- plumbing --------------------------------------------------------------------------------------------------
+
+    def _usable(self) -> None:
+        """On a database whose schema predates the cache (PostgreSQL before `dockyard migrate` in a rolling
+        upgrade), every request for a cached repository is a 503 saying what to run, before anything is asked of
+        the upstream. Once the cache's tables are there they stay, so this reads the database once per process."""
+        if not self._tables_ready:
+            self.metadata.cached_tag("", "")  # Unavailable while the cache's tables are missing
+            self._tables_ready = False
 
     def upstream_for(self, name: str) -> Upstream | None:
         for upstream in self.upstreams:
@@ -477,6 +486,7 @@ class Mirror:
     # -- manifests -------------------------------------------------------------------------------------------------
 
     def manifest(self, name: str, ref: str | Digest) -> CachedManifest:
+        self._usable()
         upstream = self.upstream_for(name)
         if isinstance(ref, Digest):
             hit = self._manifest_hit(upstream, name, str(ref))
@@ -573,6 +583,7 @@ class Mirror:
     def blob(self, name: str, digest: str, *, fetch: bool) -> CachedBlob:
         """A blob of a cached repository: stored (a hit), else with `fetch` (a GET) the leader's fill or the
         blob another request just fetched, else (a HEAD) what the upstream says of it, fetching nothing."""
+        self._usable()
         upstream = self.upstream_for(name)
         parsed = parse_digest(digest)
         record = self.metadata.blob(name, str(parsed))
@@ -666,9 +677,11 @@ class Mirror:
         return tags, version
 
     def tags_version(self, name: str) -> int:
+        self._usable()
         return self._tag_list(name)[1]
 
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        self._usable()
         tags = [t for t in self._tag_list(name)[0] if last is None or t > last]
         if n is None:
             return tags, False
@@ -677,6 +690,7 @@ class Mirror:
     def referrers(self, name: str, digest: str, artifact_type: str | None) -> list[dict]:
         """The upstream's referrers of `digest` with the cached ones; the cached ones alone when the upstream has
         no referrers API or cannot answer."""
+        self._usable()
         upstream = self.upstream_for(name)
         local = self.metadata.referrers(name, digest, artifact_type)
         if self.read_only():

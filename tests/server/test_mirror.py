@@ -609,9 +609,6 @@ def test_on_a_schema_1_postgresql_cached_repositories_answer_503_until_dockyard_
     own_repository_serves()
 
 
-@pytest.mark.xfail(strict=True, reason="README: until `dockyard migrate` cached repositories answer 503; blobs, "
-                                       "tags/list and referrers serve (and a manifest by digest is fetched upstream "
-                                       "on every try before the 503)")
 def test_on_a_schema_1_postgresql_every_cached_request_is_a_503_that_costs_the_upstream_nothing(schema_1_url,
                                                                                                 cache_on, upstream,
                                                                                                 up):
