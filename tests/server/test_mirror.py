@@ -425,6 +425,112 @@ def test_concurrent_pulls_of_one_uncached_blob_make_one_upstream_fetch(upstream,
     assert upstream.count("GET", layer) == 1
 
 
+class SlowBlobs:
+    """An upstream whose blob bodies leave in 64 KiB pieces `delay` seconds apart, so one fetch lasts long enough
+    for every concurrent request to arrive while it runs."""
+
+    def __init__(self, app, delay: float):
+        self.app = app
+        self.delay = delay
+
+    def __call__(self, environ, start_response):
+        body = self.app(environ, start_response)
+        if environ["REQUEST_METHOD"] != "GET" or "/blobs/" not in environ["PATH_INFO"]:
+            return body
+
+        def slowly():
+            try:
+                for chunk in body:
+                    for at in range(0, len(chunk), 64 * 1024):
+                        time.sleep(self.delay)
+                        yield chunk[at:at + 64 * 1024]
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+
+        return slowly()
+
+
+def test_concurrent_pulls_of_one_uncached_blob_on_two_nodes_on_s3_make_one_upstream_fetch(
+        tmp_path, upstream_app, up, postgresql_url, swift, s3_bucket):
+    from dockyard.server.config import StorageConfig
+    from dockyard.server.storage.s3 import MIN_PART_SIZE
+
+    big = hashlib.sha256(b"nodes").digest() * (6 * 1024 * 1024 // 32)  # 6 MiB: a multipart upload on S3
+    data, _ = push_image(up, "library/big", "1", layers=(big,))
+    layer = blobs_of(data)[1]
+    served = ServedApp(SlowBlobs(upstream_app, delay=0.02))  # about 2 s for the layer
+    storage = StorageConfig(driver="s3", bucket=s3_bucket, endpoint_url=swift.endpoint, region=swift.region,
+                            path_style=True, access_key_id=swift.access_key, secret_access_key=swift.secret_key,
+                            part_size=MIN_PART_SIZE, timeout=5)
+    committed = {}  # node -> when its metadata recorded the blob (the end of the leader's commit)
+    started = {}  # thread -> when its response started
+    nodes = []
+    try:
+        for node in ("a", "b"):  # two nodes: one database, one bucket, a data directory and an app each
+            app = create_app(Config(data=str(tmp_path / f"node-{node}"), database=postgresql_url, storage=storage,
+                                    upstreams=(hub(served),), io_block_size=64 * 1024))
+            metadata = app.registry.mirror.metadata
+
+            def record_blob(*args, _record=metadata.record_blob, _node=node, **kwargs):
+                result = _record(*args, **kwargs)
+                committed[_node] = time.monotonic()
+                return result
+
+            metadata.record_blob = record_blob
+            nodes.append(app)
+        assert webtest.TestApp(nodes[0]).get("/v2/hub/big/manifests/1", headers=ACCEPT).body == data
+        served.clear()
+
+        def timed(app):
+            def respond(environ, start_response):
+                def start(status, headers, exc_info=None):
+                    started[threading.get_ident()] = time.monotonic()
+                    return start_response(status, headers, exc_info)
+                return app(environ, start)
+            return webtest.TestApp(respond)
+
+        results, errors = [], []
+        barrier = threading.Barrier(16)
+
+        def pull(node: str, app):
+            try:
+                client = timed(app)
+                barrier.wait(30)
+                got = client.get(f"/v2/hub/big/blobs/{layer}")
+                results.append((node, digest_of(got.body), len(got.body), got.headers["X-Dockyard-Cache"],
+                                started[threading.get_ident()]))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull, args=(node, app)) for node, app in zip("ab", nodes)
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == [] and len(results) == 16
+        assert {(d, n) for _, d, n, _, _ in results} == {(layer, len(big))}  # every client: the verified bytes
+        assert served.count("GET", layer) == 1  # one upstream fetch, across both nodes
+        (leader,) = [r for r in results if r[3] == "miss"]
+        followers = [r for r in results if r[3] != "miss"]
+        assert {cache for *_, cache, _ in followers} == {"hit"}
+        assert {node for node, *_ in followers} == {"a", "b"}
+        assert list(committed) == [leader[0]]  # the leader's node stored it; the other never fetched
+        # The leader's client was streamed to while the blob was stored; every follower, on either node, only
+        # once the leader's commit was done: an unfinished multipart upload cannot be read back.
+        assert leader[4] < committed[leader[0]]
+        assert all(at >= committed[leader[0]] for *_, at in followers)
+        for app in nodes:
+            assert app.registry.storage_totals()["blobs"] == 1
+            assert app.registry.usage().upload_sessions == 0
+        assert nodes[1].registry.fsck(grace=0).clean
+    finally:
+        served.stop()
+        for app in nodes:
+            app.registry.close()
+
+
 # -- authentication upstream -----------------------------------------------------------------------------------------
 
 def htpasswd_file(tmp_path, user: str, password: str):
