@@ -575,6 +575,65 @@ def test_an_upstream_that_asks_for_credentials(tmp_path, make_cache, mode):
         guarded.registry.close()
 
 
+# -- an https upstream -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_upstream(tmp_path, upstream_app):
+    """`upstream_app` over HTTPS, its certificate (for IP 127.0.0.1) signed by a CA made for this test alone;
+    `served.ca` is the CA's certificate."""
+    import shutil
+    import ssl
+
+    from e2e.e2e_tls import make_certificates
+
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl CLI is needed"
+    directory = tmp_path / "tls"
+    ca = make_certificates(directory, openssl, ca_name="Dockyard mirror test CA")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "fullchain.pem", directory / "privkey.pem")
+    served = ServedApp(upstream_app, tls=context)
+    served.ca = str(ca)
+    yield served
+    served.stop()
+
+
+def test_an_https_upstream_is_verified_with_its_ca_bundle_and_refused_without_it(tls_upstream, up, make_cache):
+    data, digest = push_image(up, "library/alpine", "3")
+    assert tls_upstream.url.startswith("https://")
+
+    def pulls(client, name: str) -> None:  # each cache its own image (on PostgreSQL they share one database)
+        data, digest = push_image(up, f"library/{name}", "3", layers=(name.encode(), b"layer"))
+        got = client.get(f"/v2/hub/{name}/manifests/3", headers=ACCEPT)
+        assert got.body == data and got.headers["Docker-Content-Digest"] == digest
+        assert got.headers["X-Dockyard-Cache"] == "miss"
+        for blob_digest in blobs_of(data):
+            assert digest_of(client.get(f"/v2/hub/{name}/blobs/{blob_digest}").body) == blob_digest
+        assert tls_upstream.count("GET", f"/v2/library/{name}/blobs/") == 3
+
+    # Default tls_verify = true, the system's CAs: a certificate of an unknown CA is refused, nothing is cached.
+    refusing, app = make_cache(hub(tls_upstream))
+    for path in ("/v2/hub/alpine/manifests/3", f"/v2/hub/alpine/manifests/{digest}",
+                 f"/v2/hub/alpine/blobs/{blobs_of(data)[1]}"):
+        error = refusing.get(path, headers=ACCEPT, status=502).json
+        assert list(error) == ["errors"] and {"code", "message", "detail"} <= set(error["errors"][0])
+        (error,) = error["errors"]
+        assert error["code"] == "UPSTREAM_ERROR" and error["detail"]["upstream"] == "hub"
+        assert error["message"].startswith(f"upstream hub ({tls_upstream.url}): unreachable")
+        assert "CERTIFICATE_VERIFY_FAILED" in error["message"]
+    assert tls_upstream.requests == []  # no request ever got past the handshake
+    assert app.registry.catalog(10, None) == ([], False)
+    assert app.registry.storage_totals()["blobs"] == 0 and app.registry.usage().upload_sessions == 0
+
+    # With the CA as ca_bundle: verified, pulled through.
+    trusting, _ = make_cache(hub(tls_upstream, ca_bundle=tls_upstream.ca))
+    pulls(trusting, "debian")
+
+    # tls_verify = false: any certificate, pulled through too.
+    unverified, _ = make_cache(hub(tls_upstream, tls_verify=False))
+    pulls(unverified, "busybox")
+
+
 # -- auth rules on cached repositories -------------------------------------------------------------------------------
 
 def test_auth_rules_apply_to_cached_repositories_and_refused_callers_cost_the_upstream_nothing(tmp_path, upstream,
