@@ -283,9 +283,11 @@ class UpstreamClient:
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
                     up = self.upstream
-                    verify: bool | ssl.SSLContext = up.tls_verify
-                    if up.ca_bundle:
-                        verify = ssl.create_default_context(cafile=up.ca_bundle)
+                    # Verified against `ca_bundle`, else the machine's CA store as docker does (OpenSSL's default
+                    # paths), never the bundle a Python package ships (httpx's own default).
+                    verify: bool | ssl.SSLContext = False
+                    if up.tls_verify:
+                        verify = ssl.create_default_context(cafile=up.ca_bundle or None)
                     self._client = httpx.Client(
                         verify=verify, transport=self._transport, follow_redirects=True, max_redirects=5,
                         timeout=httpx.Timeout(up.timeout, connect=min(up.timeout, 10)),

@@ -598,7 +598,8 @@ def tls_upstream(tmp_path, upstream_app):
     served.stop()
 
 
-def test_an_https_upstream_is_verified_with_its_ca_bundle_and_refused_without_it(tls_upstream, up, make_cache):
+def test_an_https_upstream_is_verified_with_its_ca_bundle_and_refused_without_it(tls_upstream, up, make_cache,
+                                                                                 monkeypatch):
     data, digest = push_image(up, "library/alpine", "3")
     assert tls_upstream.url.startswith("https://")
 
@@ -632,6 +633,20 @@ def test_an_https_upstream_is_verified_with_its_ca_bundle_and_refused_without_it
     # tls_verify = false: any certificate, pulled through too.
     unverified, _ = make_cache(hub(tls_upstream, tls_verify=False))
     pulls(unverified, "busybox")
+
+    # No ca_bundle: the machine's CA store, as docker uses it (a company CA installed there is trusted), not a
+    # bundle shipped with a Python package. SSL_CERT_FILE points OpenSSL's default store at the test's CA.
+    monkeypatch.setenv("SSL_CERT_FILE", tls_upstream.ca)
+    system, _ = make_cache(hub(tls_upstream))
+    pulls(system, "ubuntu")
+    # ... and a CA known only to certifi's bundle (httpx's default) is not trusted.
+    import certifi
+
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)  # httpx would read these too, hiding which store is used
+    monkeypatch.setattr(certifi, "where", lambda: tls_upstream.ca)
+    certifi_only, _ = make_cache(hub(tls_upstream))
+    certifi_only.get("/v2/hub/alpine/manifests/3", headers=ACCEPT, status=502)
 
 
 # -- auth rules on cached repositories -------------------------------------------------------------------------------
