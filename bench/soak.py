@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import random
 import statistics
 import sys
@@ -159,7 +160,20 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run(args) -> int:
+    """The soak in a new temporary directory, removed at the end (also on an error or Ctrl-C) unless --keep."""
     workdir = Path(tempfile.mkdtemp(prefix="dockyard-soak-"))
+    try:
+        return soak(args, workdir)
+    finally:
+        size = format_size(tree_size(workdir))
+        if args.keep:
+            print(f"data directory kept: {workdir} ({size})")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"data directory {workdir} ({size}) removed")
+
+
+def soak(args, workdir: Path) -> int:
     access_log = workdir / "access.log"
     config = workdir / "dockyard.toml"
     config.write_text(f'gc_interval = 60\ngc_delete_untagged = true\n\n[[middleware]]\nname = "logging"\n'
@@ -218,7 +232,6 @@ def run(args) -> int:
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    print(f"data directory {workdir} ({format_size(tree_size(workdir))})")
     return 0 if summary["failed"] == 0 and summary["rss_flat"] and summary["latency_flat"] else 1
 
 
@@ -227,6 +240,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--json", help="write every minute's row and the summary here")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (it grows ~0.7 GB a minute)")
     args = parser.parse_args()
     return main_guard(lambda: run(args))
 
