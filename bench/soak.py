@@ -17,8 +17,8 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import random
+import shutil
 import statistics
 import sys
 import tempfile
