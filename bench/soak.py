@@ -1,6 +1,6 @@
 """A soak run: `dockyard serve` as deployed, under a mixed load for a long time, watched minute by minute.
 
-    python bench/soak.py [--minutes 30] [--clients 16] [--json soak.json]
+    python bench/soak.py [--minutes 30] [--clients 16] [--json soak.json] [--keep]
 
 16 clients (threads, each on its own connection) push small images (a config and one to three layers, monolithic
 or chunked), pull them (manifest by tag and by digest, every blob), list tags and the catalog, and delete images,
