@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from e2e_reference import reference_config
+
 SERVER = os.environ.get("E2E_REGISTRY", "dockyard")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -246,26 +248,10 @@ class Registry:
         self.http.close()
 
 
-REFERENCE_CONFIG = """\
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-"""
-
-
 def _server_argv(workdir: Path, port: int) -> list:
     if SERVER == "reference":
         config = workdir / "config.yml"
-        config.write_text(REFERENCE_CONFIG.format(root=workdir / "data", port=port))
+        config.write_text(reference_config(workdir / "data", port))
         return [need("docker-registry"), "serve", config]
     if SERVER == "dockyard":
         return [need("dockyard"), "serve", "--bind", f"127.0.0.1:{port}", "--data", workdir / "data", "--workers", "2"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from e2e_reference import reference_config
 from receiver import Receiver
 
 pytestmark = pytest.mark.e2e
@@ -38,17 +39,7 @@ MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd
                   "application/vnd.docker.distribution.manifest.v2+json",
                   "application/vnd.docker.distribution.manifest.list.v2+json")
 
-REFERENCE_CONFIG = """\
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
+REFERENCE_NOTIFICATIONS = """\
 notifications:
   endpoints:
     - name: e2e
@@ -127,7 +118,7 @@ def start_reference(e2e, workdir: Path, url: str):
     """The reference registry with its `notifications` section, on a free port; (process, base URL)."""
     port = e2e.free_port()
     config = workdir / "reference.yml"
-    config.write_text(REFERENCE_CONFIG.format(root=workdir / "reference-data", port=port, url=url))
+    config.write_text(reference_config(workdir / "reference-data", port, REFERENCE_NOTIFICATIONS.format(url=url)))
     with open(workdir / "reference.log", "wb") as log:
         proc = subprocess.Popen([e2e.need("docker-registry"), "serve", str(config)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from e2e_reference import reference_config
+
 pytestmark = pytest.mark.e2e
 
 USER, PASSWORD = "mirror", f"pw-{uuid.uuid4().hex}"
@@ -35,23 +37,11 @@ ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distributio
                     "application/vnd.docker.distribution.manifest.list.v2+json"])
 ACCESS_LINE = re.compile(r'"(GET|HEAD) (/v2/[^ ?]+)[^"]* HTTP/1\.\d" (\d{3})')
 
-REFERENCE_CONFIG = """\
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
+REFERENCE_AUTH = """\
 auth:
   htpasswd:
     realm: reference
     path: {htpasswd}
-http:
-  addr: 127.0.0.1:{port}
 """
 
 TOKEN_UPSTREAM_CONFIG = """\
@@ -102,8 +92,8 @@ def start_reference(e2e, workdir: Path) -> tuple[subprocess.Popen, Upstream]:
     e2e.need("htpasswd")
     e2e.run(["htpasswd", "-Bbc", workdir / "htpasswd", USER, PASSWORD])
     port = e2e.free_port()
-    (workdir / "config.yml").write_text(REFERENCE_CONFIG.format(root=workdir / "data", htpasswd=workdir / "htpasswd",
-                                                                port=port))
+    (workdir / "config.yml").write_text(reference_config(workdir / "data", port,
+                                                         REFERENCE_AUTH.format(htpasswd=workdir / "htpasswd")))
     log_path = workdir / "reference.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([binary, "serve", str(workdir / "config.yml")], stdout=log, stderr=subprocess.STDOUT,
