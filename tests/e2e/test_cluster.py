@@ -40,7 +40,8 @@ from typing import Callable
 import pytest
 import requests
 
-import e2e_tls
+import e2e_nginx
+from e2e_nginx import free_port, missing, sh, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +49,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "deploy" / "nginx" / "dockyard-cluster.conf"
 NODE_TOML = ROOT / "deploy" / "cluster" / "dockyard.toml"
 COMPOSE = ROOT / "deploy" / "cluster" / "compose.yaml"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 NODES = ("node1", "node2", "node3")
 ADMIN = "admin"  # the admin of deploy/cluster/dockyard.toml; exempt from the rate limits here
 PASSWORD = f"pw-{uuid.uuid4().hex}"
@@ -62,27 +62,12 @@ MANIFEST_TYPES = ", ".join((OCI_MANIFEST, "application/vnd.oci.image.index.v1+js
                             "application/vnd.docker.distribution.manifest.list.v2+json"))
 
 
-def missing(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing tool is a failure)", pytrace=False)
-    pytest.skip(reason)
 
 
-def tool(name: str, package: str) -> str:
-    return shutil.which(name) or missing(f"`{name}` is not on PATH; install it with: {package}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def sh(*argv, timeout=120, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(map(str, argv))}: exit {proc.returncode}\n" \
-                                 f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}"
-    return proc
 
 
 def sha256(data: bytes) -> str:
@@ -128,22 +113,14 @@ def node_config(name: str, *, database: str, bucket: str, swift, htpasswd: Path)
 
 
 def main_config(prefix: Path, site: Path) -> str:
-    """An nginx.conf of the test's own: pid, logs and temp paths under `prefix`; an access log that names the node
-    (upstream address) that answered each request and the Location it gave."""
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return (f"{user}worker_processes 2;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log info;\n"
-            "events { worker_connections 512; }\n"
-            "http {\n"
-            "    log_format cluster '$request_method $request_uri $status [$upstream_addr] "
-            "[$upstream_status] [$sent_http_location]';\n"
-            f"    access_log {prefix}/logs/access.log cluster;\n"
-            f"    client_body_temp_path {prefix}/temp/client_body;\n    proxy_temp_path {prefix}/temp/proxy;\n"
-            f"    fastcgi_temp_path {prefix}/temp/fastcgi;\n    uwsgi_temp_path {prefix}/temp/uwsgi;\n"
-            f"    scgi_temp_path {prefix}/temp/scgi;\n    include {site};\n}}\n")
+    """The test's nginx.conf, its access log naming the node (upstream address) that answered each request and the
+    Location it gave."""
+    return e2e_nginx.main_config(prefix, site, "$request_method $request_uri $status [$upstream_addr] "
+                                                "[$upstream_status] [$sent_http_location]")
 
 
 def make_certificates(directory: Path) -> Path:
-    return e2e_tls.make_certificates(directory, tool("openssl", "apt-get install openssl"), "Dockyard cluster e2e CA")
+    return e2e_nginx.make_certificates(directory, tool("openssl", "apt-get install openssl"), "Dockyard cluster e2e CA")
 
 
 # -- the cluster ---------------------------------------------------------------------------------------------------

@@ -32,14 +32,14 @@ from pathlib import Path
 import pytest
 import requests
 
-import e2e_tls
+import e2e_nginx
+from e2e_nginx import free_port, main_config, missing, sh, tool
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "deploy" / "nginx" / "dockyard.conf"
 UNIT = ROOT / "deploy" / "systemd" / "dockyard.service"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 USER, PASSWORD = "deployer", f"pw-{uuid.uuid4().hex}"
 LARGE = 512 * 1024 * 1024
 RSS_GROWTH_LIMIT = 64 * 1024 * 1024
@@ -48,30 +48,12 @@ MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd
                   "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
-def missing(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing tool is a failure)", pytrace=False)
-    pytest.skip(reason)
 
 
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        missing(f"`{name}` is not on PATH; install it with: apt-get install {package}")
-    return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def sh(*argv, timeout=120, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(map(str, argv))}: exit {proc.returncode}\n{proc.stdout.decode()}\n" \
-                                 f"{proc.stderr.decode()}"
-    return proc
 
 
 def auth_available() -> bool:
@@ -102,19 +84,10 @@ def site_config(*, https_port: int, http_port: int, upstream_port: int, certs: P
     return text
 
 
-def main_config(prefix: Path, site: Path) -> str:
-    """An nginx.conf of the test's own: pid, logs and every temp path under `prefix`."""
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the temp dirs (mode 0700, root)
-    return (f"{user}worker_processes 2;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log info;\n"
-            f"events {{ worker_connections 512; }}\n"
-            f"http {{\n    access_log {prefix}/logs/access.log;\n"
-            f"    client_body_temp_path {prefix}/temp/client_body;\n    proxy_temp_path {prefix}/temp/proxy;\n"
-            f"    fastcgi_temp_path {prefix}/temp/fastcgi;\n    uwsgi_temp_path {prefix}/temp/uwsgi;\n"
-            f"    scgi_temp_path {prefix}/temp/scgi;\n    include {site};\n}}\n")
 
 
 def make_certificates(directory: Path) -> Path:
-    return e2e_tls.make_certificates(directory, tool("openssl", "openssl"), "Dockyard e2e CA")
+    return e2e_nginx.make_certificates(directory, tool("openssl", "apt-get install openssl"), "Dockyard e2e CA")
 
 
 # -- the deployment under test -----------------------------------------------------------------------------------
@@ -125,7 +98,7 @@ class Deployment:
     def __init__(self, home: Path, timeouts: tuple[int, int] | None = None):
         self.home = home
         self.timeouts = timeouts  # (header, body) seconds, for nginx and Dockyard alike; None: as shipped
-        self.nginx_bin = tool("nginx", "nginx")
+        self.nginx_bin = tool("nginx", "apt-get install nginx")
         self.dockyard_bin = shutil.which("dockyard") or missing("`dockyard` is not on PATH (pip install -e .)")
         self.certs = home / "certs"
         self.ca = make_certificates(self.certs)
@@ -154,7 +127,7 @@ class Deployment:
             config += f"header_timeout = {self.timeouts[0]}\nbody_timeout = {self.timeouts[1]}\n"
         if self.auth:
             htpasswd = self.home / "htpasswd"
-            sh(tool("htpasswd", "apache2-utils"), "-Bbc", htpasswd, USER, PASSWORD)
+            sh(tool("htpasswd", "apt-get install apache2-utils"), "-Bbc", htpasswd, USER, PASSWORD)
             config += (f'\n[[middleware]]\nname = "auth"\n[middleware.options]\nhtpasswd = "{htpasswd}"\n'
                        f'rules = [{{ users = ["*"], repositories = ["e2e/*"], actions = ["pull", "push", "delete"] }}]\n')
         return config
@@ -273,7 +246,7 @@ def creds(deployment) -> list[str]:
 # -- configuration checks (no servers needed) ---------------------------------------------------------------------
 
 def test_nginx_site_passes_nginx_t(tmp_path):
-    nginx = tool("nginx", "nginx")
+    nginx = tool("nginx", "apt-get install nginx")
     certs = tmp_path / "certs"
     make_certificates(certs)
     prefix = tmp_path / "prefix"

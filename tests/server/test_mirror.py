@@ -584,7 +584,7 @@ def tls_upstream(tmp_path, upstream_app):
     import shutil
     import ssl
 
-    from e2e.e2e_tls import make_certificates
+    from e2e.e2e_nginx import make_certificates
 
     openssl = shutil.which("openssl")
     assert openssl, "the openssl CLI is needed"
