@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import loadgen
-from harness import (RssSampler, Target, dockyard, format_size, load_average, main_guard, nproc,
+from harness import (RssSampler, Target, cpu_seconds, dockyard, format_size, load_average, main_guard, nproc,
                      parse_size, process_tree, progress, reference_registry)
 from nginx_front import accel_prefix, nginx
 from rates import percentile
@@ -44,7 +44,6 @@ TAG = "latest"
 LAYER_SIZES = (4 << 20, 2 << 20, 1 << 20, 768 << 10, 256 << 10)
 LEVELS = ((10, 50, 50), (50, 200, 200))
 PUSH_RATE = 1 << 20  # bytes per second per slow pusher
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def parse_levels(text: str) -> tuple[tuple[int, int, int], ...]:
@@ -188,17 +187,6 @@ def format_level(level: tuple[int, int, int], lines: list[Line]) -> str:
 
 # --- Watching the processes during a run --------------------------------------------------------------------
 
-
-def cpu_seconds(root: int) -> float:
-    """utime + stime of `root` and every process under it (exited children not counted)."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 def machine_times() -> tuple[int, int]:

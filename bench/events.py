@@ -33,8 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (DOCKYARD_CMD, HOST, BenchError, _executable, alternate, cell, dockyard,  # noqa: E402
-                     load_average, main_guard, median, nproc, parse_size, process_tree, progress)
+from harness import (DOCKYARD_CMD, HOST, BenchError, _executable, alternate, cell, cpu_seconds,  # noqa: E402
+                     dockyard, load_average, main_guard, median, nproc, parse_size, progress)
 from postgres import postgres  # noqa: E402
 from seed import Seeder, image_config  # noqa: E402
 
@@ -95,17 +95,6 @@ def push_round(port: int, label: str, pushes: int, threads: int, layer_size: int
     seeder.run(push, range(pushes))
     return pushes / (time.perf_counter() - started)
 
-
-def cpu_seconds(root: int) -> float:
-    """User and system CPU time of `root` and every process under it, from /proc."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (in clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_delivered(receiver: Receiver, expected: int) -> float:

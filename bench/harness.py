@@ -117,6 +117,18 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(root: int) -> float:
+    """User and system CPU time of `root` and every process under it, from /proc (exited children not counted)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (in clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _parent_pid(pid: str) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

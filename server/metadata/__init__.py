@@ -78,9 +78,9 @@ class Lifecycle(ABC):
         `active_after`; the repository's links no manifest uses any more become collectable at once (the sweeps
         free them). The digests deleted (none: the repository is in use)."""
 
+    @abstractmethod
     def add_events(self, events: Sequence[NewEvent]) -> None:
         """Write events in this transaction (garbage collection's: a manifest it removed)."""
-        raise NotImplementedError
 
 
 class Outbox(ABC):

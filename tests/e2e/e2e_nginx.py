@@ -41,6 +41,18 @@ def sh(*argv, timeout=120, **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
+def docker_trusts(host: str, ca: Path) -> Path:
+    """Make dockerd trust `ca` for `host` (host:port): it reads /etc/docker/certs.d/<host>/ca.crt at each
+    connection, so no restart or flag is needed. The directory (the caller removes it)."""
+    directory = Path("/etc/docker/certs.d") / host
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ca, directory / "ca.crt")
+    except PermissionError:
+        missing("cannot write /etc/docker/certs.d (run as root): dockerd would not trust the test CA")
+    return directory
+
+
 def main_config(prefix: Path, site: Path, log_format: str = "") -> str:
     """An nginx.conf of the test's own: pid, logs and every temp path under `prefix`; `log_format`, when given, is
     the access log's format (a `log_format` named `test`)."""

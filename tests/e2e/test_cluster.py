@@ -41,7 +41,7 @@ import pytest
 import requests
 
 import e2e_nginx
-from e2e_nginx import free_port, missing, sh, tool
+from e2e_nginx import free_port, sh, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -545,14 +545,7 @@ def test_a_tag_pushed_through_one_node_is_listed_and_pulled_through_every_other_
 
 @pytest.fixture(scope="module")
 def docker_trusts_ca(cluster):
-    """dockerd reads /etc/docker/certs.d/<host:port>/ca.crt at each connection: no restart needed."""
-    directory = Path("/etc/docker/certs.d") / cluster.host
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.copy(cluster.ca, directory / "ca.crt")
-    except PermissionError:
-        missing("cannot write /etc/docker/certs.d (run as root): dockerd would not trust the test CA")
-    return directory
+    return e2e_nginx.docker_trusts(cluster.host, cluster.ca)
 
 
 def check_routing(cluster: Cluster, offset: int) -> set[str]:

@@ -229,14 +229,7 @@ def deployment():
 
 @pytest.fixture(scope="module")
 def docker_trusts_ca(deployment):
-    """dockerd reads /etc/docker/certs.d/<host:port>/ca.crt at each connection: no restart, no config flag."""
-    directory = Path("/etc/docker/certs.d") / deployment.host
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.copy(deployment.ca, directory / "ca.crt")
-    except PermissionError:
-        missing("cannot write /etc/docker/certs.d (run as root): dockerd would not trust the test CA")
-    return directory
+    return e2e_nginx.docker_trusts(deployment.host, deployment.ca)
 
 
 def creds(deployment) -> list[str]:
